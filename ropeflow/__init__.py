@@ -1,0 +1,47 @@
+"""ropeflow: rotary position embeddings (RoPE) on NumPy, Numba and CuPy, without a deep-learning framework.
+
+    >>> import numpy as np, ropeflow
+    >>> rope = ropeflow.RotaryEmbedding(64, max_position_embeddings=4096, base=10000.0)
+    >>> cos, sin = rope(np.zeros((1, 8, 10, 64), np.float32))
+    >>> cos.shape
+    (10, 64)
+"""
+
+from __future__ import annotations
+
+from ._errors import BackendUnavailableError
+from .backends import available_backends
+from .rotary import RotaryEmbedding
+from .scaling import (
+    DynamicScaling,
+    Frequencies,
+    LinearScaling,
+    Llama3Scaling,
+    LongRopeScaling,
+    NTKScaling,
+    YarnScaling,
+    compute_frequencies,
+    get_mscale,
+    rope_types,
+    yarn_softmax_scale,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError",
+    "DynamicScaling",
+    "Frequencies",
+    "LinearScaling",
+    "Llama3Scaling",
+    "LongRopeScaling",
+    "NTKScaling",
+    "RotaryEmbedding",
+    "YarnScaling",
+    "available_backends",
+    "compute_frequencies",
+    "get_mscale",
+    "rope_types",
+    "yarn_softmax_scale",
+    "__version__",
+]

@@ -1,0 +1,98 @@
+"""The array-API shim: namespaces, devices and dtypes, over array-api-compat.
+
+Nothing else in the front end imports an array library for the *caller's* arrays; it asks this module.
+Supported caller arrays are NumPy arrays (host backends) and CuPy arrays (the ``cupy`` backend).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+#: The output dtypes ropeflow builds or casts tables to.
+SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def namespace(x: Any) -> Any:
+    """The array-API namespace of ``x`` (NumPy or CuPy), or a ``TypeError`` naming what is allowed."""
+    if type(x) is np.ndarray:  # the hot path: no lookups beyond this
+        return _numpy_namespace
+    if not (is_numpy(x) or is_cupy(x)):
+        hint = ""
+        if type(x).__module__.startswith("torch"):
+            hint = " (for a torch.Tensor pass x.detach().cpu().numpy(), or a CuPy array via cupy.from_dlpack)"
+        raise TypeError(
+            f"x: expected a NumPy or CuPy array, got {type(x).__module__}.{type(x).__name__}{hint}"
+        )
+    return array_api_compat.array_namespace(x)
+
+
+_numpy_namespace = array_api_compat.array_namespace(np.empty(0))
+
+
+def is_numpy(x: Any) -> bool:
+    """True for a NumPy ndarray (bfloat16 arrays from ml_dtypes included)."""
+    return isinstance(x, np.ndarray)
+
+
+def is_cupy(x: Any) -> bool:
+    """True for a CuPy ndarray; never imports CuPy."""
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(x, cupy.ndarray)
+
+
+def device_key(x: Any) -> int | str:
+    """A hashable key of the device that holds ``x``: ``"cpu"`` or the CUDA device ordinal."""
+    if is_cupy(x):
+        return int(x.device.id)
+    return "cpu"
+
+
+def bfloat16_dtype() -> np.dtype:
+    """NumPy's bfloat16 dtype from ``ml_dtypes``, or a ``TypeError`` saying how to get it."""
+    try:
+        import ml_dtypes
+    except ImportError as exc:
+        raise TypeError(
+            "dtype: 'bfloat16' needs the ml_dtypes package (pip install 'ropeflow[bfloat16]')"
+        ) from exc
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+_dtype_names: dict[Any, str] = {}
+
+
+def dtype_name(dtype: Any, parameter: str = "dtype") -> str:
+    """Canonical name (one of ``SUPPORTED_DTYPES``) of a dtype given as a string or dtype object."""
+    try:
+        return _dtype_names[dtype]
+    except (KeyError, TypeError):
+        pass
+    name = None
+    if isinstance(dtype, str):
+        name = dtype
+    else:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            name = str(dtype)
+    name = name.removeprefix("numpy.").removeprefix("torch.")
+    aliases = {"half": "float16", "float": "float32", "double": "float64", "single": "float32"}
+    name = aliases.get(name, name)
+    if name not in SUPPORTED_DTYPES:
+        raise TypeError(f"{parameter}: unsupported dtype {dtype!r}; allowed: {', '.join(SUPPORTED_DTYPES)}")
+    try:
+        _dtype_names[dtype] = name
+    except TypeError:  # unhashable dtype spec
+        pass
+    return name
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype for a canonical name (bfloat16 through ml_dtypes)."""
+    if name == "bfloat16":
+        return bfloat16_dtype()
+    return np.dtype(name)

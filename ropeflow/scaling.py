@@ -1,0 +1,466 @@
+"""RoPE frequency scaling: one pure function per ``rope_type``, returning the frequencies every backend uses.
+
+Each variant maps a configuration to a :class:`Frequencies` record, ``(inv_freq, attention_scaling,
+position_divisor)``; the tables are then
+
+    angle[p, j] = (p / position_divisor) * inv_freq[j]
+    cos[p, :]   = attention_scaling * cos(concat(angle[p], angle[p]))
+
+so a kernel never knows which variant it serves. ``inv_freq`` is computed here, on the host, once:
+
+* ``precision="reference"``: float32, each float32 step of the PyTorch reference code correctly rounded
+  (``base`` cast to float32 as PyTorch does for ``python_float ** float32_tensor``; the power taken in
+  float64 and rounded once; IEEE float32 multiply, divide, add for the rest, in the reference's order).
+* ``precision="exact"``: the same formulas in float64.
+
+The registry :data:`ROPE_INIT_FUNCTIONS` is keyed by the transformers names: ``default``, ``linear``,
+``ntk``, ``dynamic``, ``yarn``, ``llama3``, ``longrope``. Configurations come as Hugging Face
+``rope_scaling`` / ``rope_parameters`` dicts (``"type"`` is an alias of ``"rope_type"``) or as the small
+frozen dataclasses below, which are hashable so they can key the shared table cache.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+
+Precision = Literal["reference", "exact"]
+PRECISIONS = ("reference", "exact")
+
+
+# --------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True, eq=False)
+class Frequencies:
+    """What a table kernel needs.
+
+    inv_freq: shape ``(dim // 2,)``, float32 (reference precision) or float64 (exact), radians per position.
+    attention_scaling: multiplier folded into cos and sin (YaRN's mscale ratio, LongRoPE's factor; else 1).
+    position_divisor: positions are divided by it before the product (linear scaling; else 1).
+    """
+
+    inv_freq: np.ndarray
+    attention_scaling: float = 1.0
+    position_divisor: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.inv_freq.flags.writeable = False
+        key = (self.inv_freq.dtype.str, self.inv_freq.tobytes(), float(self.attention_scaling),
+               float(self.position_divisor))
+        object.__setattr__(self, "_key", key)
+
+    def key(self) -> tuple:
+        """A hashable identity: equal keys give bit-identical tables."""
+        return self._key
+
+
+# -------------------------------------------------------------------------------------- configurations
+@dataclass(frozen=True)
+class LinearScaling:
+    """Position interpolation: positions divided by ``factor``."""
+
+    factor: float
+    rope_type: str = "linear"
+
+
+@dataclass(frozen=True)
+class NTKScaling:
+    """Static NTK-aware scaling: ``base * factor ** (dim / (dim - 2))`` at every length."""
+
+    factor: float
+    rope_type: str = "ntk"
+
+
+@dataclass(frozen=True)
+class DynamicScaling:
+    """Dynamic NTK (DESIGN 1.2): for ``seq_len > L`` the base grows with the length served."""
+
+    factor: float
+    rope_type: str = "dynamic"
+
+
+@dataclass(frozen=True)
+class YarnScaling:
+    """YaRN as DeepSeek-V3 and Kimi-K2 use it (transformers' ``_compute_yarn_parameters``).
+
+    The ramp between interpolated (``inv_freq / factor``) and original frequencies runs over the dimension
+    range where a frequency makes between ``beta_slow`` and ``beta_fast`` turns within
+    ``original_max_position_embeddings`` positions.
+
+    Two different "mscale" numbers appear in these configs, and they do different jobs:
+
+    * ``mscale`` scales the **cos/sin tables** (through ``attention_scaling``): the tables are multiplied by
+      ``get_mscale(factor, mscale) / get_mscale(factor, mscale_all_dim)``. With DeepSeek-V3's and Kimi-K2's
+      ``mscale == mscale_all_dim == 1`` that ratio is exactly 1.0: their tables are *not* scaled.
+    * ``mscale_all_dim`` also enters the model's **attention softmax scale**:
+      ``head_dim ** -0.5 * get_mscale(factor, mscale_all_dim) ** 2`` (see :func:`yarn_softmax_scale`), applied
+      to all of q·k, rotary and non-rotary channels alike. That is where the YaRN temperature lives in
+      DeepSeek-V3; forgetting it is a silent accuracy bug.
+
+    ``attention_factor``, when given, replaces the mscale ratio. Without ``mscale_all_dim`` the ratio is
+    ``get_mscale(factor, mscale)`` (the YaRN paper's ``0.1 ln(factor) + 1`` for ``mscale == 1``).
+    ``truncate=False`` keeps the correction range unrounded (transformers' ``truncate`` option).
+    ``original_max_position_embeddings=None`` means the embedding's ``max_position_embeddings``.
+    """
+
+    factor: float
+    original_max_position_embeddings: int | None = None
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    mscale: float = 1.0
+    mscale_all_dim: float = 0.0
+    attention_factor: float | None = None
+    truncate: bool = True
+    rope_type: str = "yarn"
+
+
+@dataclass(frozen=True)
+class Llama3Scaling:
+    """Llama 3.1's frequency-dependent scaling (transformers' ``_compute_llama3_parameters``)."""
+
+    factor: float
+    low_freq_factor: float
+    high_freq_factor: float
+    original_max_position_embeddings: int
+    rope_type: str = "llama3"
+
+
+@dataclass(frozen=True)
+class LongRopeScaling:
+    """LongRoPE (Phi-3): per-frequency rescale factors, ``short_factor`` up to the original context and
+    ``long_factor`` beyond it. ``attention_scaling`` defaults to ``sqrt(1 + ln(factor) / ln(original))``
+    where ``factor = max_position_embeddings / original`` when ``original_max_position_embeddings`` is given.
+    """
+
+    short_factor: tuple[float, ...]
+    long_factor: tuple[float, ...]
+    original_max_position_embeddings: int | None = None
+    factor: float | None = None
+    attention_factor: float | None = None
+    rope_type: str = "longrope"
+
+
+ScalingConfig = LinearScaling | NTKScaling | DynamicScaling | YarnScaling | Llama3Scaling | LongRopeScaling
+
+_CONFIG_TYPES: dict[str, type] = {
+    "linear": LinearScaling,
+    "ntk": NTKScaling,
+    "dynamic": DynamicScaling,
+    "yarn": YarnScaling,
+    "llama3": Llama3Scaling,
+    "longrope": LongRopeScaling,
+}
+_TYPE_ALIASES = {"su": "longrope"}
+_REQUIRED = {
+    "linear": ("factor",),
+    "ntk": ("factor",),
+    "dynamic": ("factor",),
+    "yarn": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor"),
+}
+# Keys that appear in HF rope dicts but are read elsewhere (or mean nothing for the tables).
+_IGNORED_KEYS = {"rope_type", "type", "rope_theta", "partial_rotary_factor"}
+
+
+# ------------------------------------------------------------------------------------------ validation
+def _check_number(name: str, value: Any, *, minimum: float | None = None, strict: bool = False,
+                  integer: bool = False) -> float:
+    """``value`` as a finite float (or int), or a ValueError/TypeError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a number, got {value!r} ({type(value).__name__})")
+    if integer and not float(value).is_integer():
+        raise ValueError(f"{name}: expected an integer, got {value!r}")
+    value = int(value) if integer else float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        op = ">" if strict else ">="
+        raise ValueError(f"{name}: must be {op} {minimum}, got {value!r}")
+    return value
+
+
+def validate_scaling(cfg: ScalingConfig, dim: int | None = None) -> None:
+    """Raise ``ValueError`` / ``TypeError`` for a configuration no table can be built from."""
+    t = cfg.rope_type
+    if isinstance(cfg, (LinearScaling, NTKScaling, DynamicScaling, YarnScaling, Llama3Scaling)):
+        _check_number(f"scaling['factor'] ({t})", cfg.factor, minimum=1.0)
+    if isinstance(cfg, (DynamicScaling, NTKScaling)) and dim is not None and dim <= 2:
+        raise ValueError(f"dim: {t} scaling needs dim > 2 (the base exponent is dim / (dim - 2)), got {dim}")
+    if isinstance(cfg, YarnScaling):
+        if cfg.original_max_position_embeddings is not None:
+            _check_number("scaling['original_max_position_embeddings']", cfg.original_max_position_embeddings,
+                          minimum=0, strict=True, integer=True)
+        bf = _check_number("scaling['beta_fast']", cfg.beta_fast, minimum=0, strict=True)
+        bs = _check_number("scaling['beta_slow']", cfg.beta_slow, minimum=0, strict=True)
+        if bf < bs:
+            raise ValueError(
+                f"scaling['beta_fast'] ({bf}) must be >= scaling['beta_slow'] ({bs}): beta_fast counts the "
+                "rotations where extrapolation ends, beta_slow where interpolation begins (equal is allowed)"
+            )
+        _check_number("scaling['mscale']", cfg.mscale, minimum=0)
+        _check_number("scaling['mscale_all_dim']", cfg.mscale_all_dim, minimum=0)
+        if cfg.attention_factor is not None:
+            _check_number("scaling['attention_factor']", cfg.attention_factor, minimum=0, strict=True)
+        if not isinstance(cfg.truncate, bool):
+            raise TypeError(f"scaling['truncate']: expected a bool, got {cfg.truncate!r}")
+    if isinstance(cfg, Llama3Scaling):
+        lo = _check_number("scaling['low_freq_factor']", cfg.low_freq_factor, minimum=0, strict=True)
+        hi = _check_number("scaling['high_freq_factor']", cfg.high_freq_factor, minimum=0, strict=True)
+        if lo >= hi:
+            raise ValueError(
+                f"scaling['low_freq_factor'] ({lo}) must be < scaling['high_freq_factor'] ({hi})"
+            )
+        _check_number("scaling['original_max_position_embeddings']", cfg.original_max_position_embeddings,
+                      minimum=0, strict=True, integer=True)
+    if isinstance(cfg, LongRopeScaling):
+        for name in ("short_factor", "long_factor"):
+            values = getattr(cfg, name)
+            for i, v in enumerate(values):
+                _check_number(f"scaling['{name}'][{i}]", v, minimum=0, strict=True)
+            if dim is not None and len(values) != dim // 2:
+                raise ValueError(
+                    f"scaling['{name}']: needs dim // 2 = {dim // 2} values (one per frequency), got {len(values)}"
+                )
+        if cfg.original_max_position_embeddings is not None:
+            _check_number("scaling['original_max_position_embeddings']", cfg.original_max_position_embeddings,
+                          minimum=0, strict=True, integer=True)
+        if cfg.factor is not None:
+            _check_number("scaling['factor'] (longrope)", cfg.factor, minimum=1.0)
+        if cfg.attention_factor is not None:
+            _check_number("scaling['attention_factor']", cfg.attention_factor, minimum=0, strict=True)
+
+
+def parse_scaling(spec: Any) -> ScalingConfig | None:
+    """A validated scaling configuration from a HF dict, a config dataclass, or ``None`` (standard RoPE).
+
+    Unknown keys are reported with a ``UserWarning`` (never silently dropped); missing required keys,
+    unknown types and out-of-range values raise.
+    """
+    if spec is None:
+        return None
+    if isinstance(spec, tuple(_CONFIG_TYPES.values())):
+        validate_scaling(spec)
+        return spec
+    if not isinstance(spec, Mapping):
+        raise TypeError(
+            f"scaling: expected None, a dict in Hugging Face rope_scaling form, or one of "
+            f"{', '.join(c.__name__ for c in _CONFIG_TYPES.values())}; got {type(spec).__name__}"
+        )
+    rope_type = spec.get("rope_type", spec.get("type"))
+    if "rope_type" in spec and "type" in spec and spec["rope_type"] != spec["type"]:
+        raise ValueError(f"scaling: 'rope_type' ({spec['rope_type']!r}) and 'type' ({spec['type']!r}) disagree")
+    if rope_type is None:
+        raise ValueError(f"scaling: needs a 'rope_type' (or 'type') key; allowed: {', '.join(rope_types())}")
+    rope_type = _TYPE_ALIASES.get(rope_type, rope_type)
+    if rope_type == "default":
+        unknown = set(spec) - _IGNORED_KEYS
+        if unknown:
+            warnings.warn(f"scaling: keys {sorted(unknown)} are ignored for rope_type 'default'", stacklevel=3)
+        return None
+    if rope_type not in _CONFIG_TYPES:
+        raise ValueError(f"scaling: unknown rope_type {rope_type!r}; allowed: {', '.join(rope_types())}")
+    cls = _CONFIG_TYPES[rope_type]
+    missing = [k for k in _REQUIRED[rope_type] if spec.get(k) is None]
+    if missing:
+        raise ValueError(f"scaling: rope_type {rope_type!r} needs key(s) {missing}; got keys {sorted(spec)}")
+    known = {f.name for f in fields(cls)} - {"rope_type"}
+    unknown = set(spec) - known - _IGNORED_KEYS
+    if unknown:
+        warnings.warn(f"scaling: unknown key(s) {sorted(unknown)} for rope_type {rope_type!r} are ignored",
+                      stacklevel=3)
+    kwargs = {k: spec[k] for k in known if spec.get(k) is not None}
+    for k in ("short_factor", "long_factor"):
+        if k in kwargs:
+            if not isinstance(kwargs[k], Sequence):
+                raise TypeError(f"scaling['{k}']: expected a list of numbers, got {type(kwargs[k]).__name__}")
+            kwargs[k] = tuple(float(v) for v in kwargs[k])
+    cfg = cls(**kwargs)
+    validate_scaling(cfg)
+    return cfg
+
+
+def is_length_dependent(cfg: ScalingConfig | None) -> bool:
+    """True when the frequencies depend on the length served (dynamic NTK, LongRoPE)."""
+    return isinstance(cfg, (DynamicScaling, LongRopeScaling))
+
+
+# --------------------------------------------------------------------------- float32 / float64 steps
+def _exponents(dim: int, precision: Precision) -> np.ndarray:
+    """``arange(0, dim, 2) / dim``: float32 division (reference) or float64 (exact)."""
+    if precision == "reference":
+        return np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    return np.arange(0, dim, 2, dtype=np.float64) / dim
+
+
+def _powers(base: float, exponents: np.ndarray, precision: Precision) -> np.ndarray:
+    """``base ** exponents``; in reference precision PyTorch's float32 ``python_float ** tensor`` correctly
+    rounded: base cast to float32, the power taken in float64 and rounded once to float32."""
+    if precision == "reference":
+        return (np.float64(np.float32(base)) ** exponents.astype(np.float64)).astype(np.float32)
+    return np.float64(base) ** exponents
+
+
+def _scalar(value: float, precision: Precision) -> np.floating:
+    """A Python scalar as the reference code's tensor ops see it: float32, or float64 in exact mode."""
+    return np.float32(value) if precision == "reference" else np.float64(value)
+
+
+def standard_inv_freq(dim: int, base: float, precision: Precision = "reference") -> np.ndarray:
+    """``1 / base ** (arange(0, dim, 2) / dim)``, shape ``(dim // 2,)``."""
+    return _scalar(1.0, precision) / _powers(base, _exponents(dim, precision), precision)
+
+
+def get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction: ``0.1 * mscale * ln(scale) + 1`` for ``scale > 1``, else 1."""
+    if scale <= 1:
+        return 1.0
+    return 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_softmax_scale(head_dim: int, factor: float, mscale_all_dim: float = 1.0) -> float:
+    """The attention softmax scale of YaRN models: ``head_dim ** -0.5 * get_mscale(factor, mscale_all_dim)**2``.
+
+    ``head_dim`` is the full query/key head dimension the model scales by (DeepSeek-V3:
+    ``qk_nope_head_dim + qk_rope_head_dim = 192``), not the rotary dimension. DeepSeek-V3 applies the
+    mscale only when ``mscale_all_dim`` is non-zero; with 0 this returns ``head_dim ** -0.5``.
+    """
+    if isinstance(head_dim, bool) or not isinstance(head_dim, (int, np.integer)) or head_dim < 1:
+        raise ValueError(f"head_dim: expected a positive integer, got {head_dim!r}")
+    _check_number("factor", factor, minimum=1.0)
+    _check_number("mscale_all_dim", mscale_all_dim, minimum=0)
+    m = get_mscale(factor, mscale_all_dim) if mscale_all_dim else 1.0
+    return float(head_dim) ** -0.5 * m * m
+
+
+# ------------------------------------------------------------------------------------------- variants
+def _default(cfg: Any, dim: int, base: float, max_pos: int, precision: Precision, seq_len: int | None
+             ) -> Frequencies:
+    return Frequencies(standard_inv_freq(dim, base, precision))
+
+
+def _linear(cfg: LinearScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
+    return Frequencies(standard_inv_freq(dim, base, precision), 1.0, float(cfg.factor))
+
+
+def _ntk(cfg: NTKScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
+    new_base = base * cfg.factor ** (dim / (dim - 2))
+    return Frequencies(standard_inv_freq(dim, new_base, precision))
+
+
+def dynamic_base(base: float, factor: float, seq_len: int, max_pos: int, dim: int) -> float:
+    """DESIGN 1.2: ``base * ((factor * seq_len / L) - (factor - 1)) ** (dim / (dim - 2))`` for ``seq_len > L``,
+    else ``base`` (float64, as the reference computes it in Python)."""
+    if seq_len <= max_pos:
+        return float(base)
+    return base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+
+
+def _dynamic(cfg: DynamicScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
+    length = max_pos if seq_len is None else seq_len
+    return Frequencies(standard_inv_freq(dim, dynamic_base(base, cfg.factor, length, max_pos, dim), precision))
+
+
+def yarn_correction_range(beta_fast: float, beta_slow: float, dim: int, base: float, original_max: int,
+                          truncate: bool = True) -> tuple[float, float]:
+    """The dimension range ``[low, high]`` over which YaRN's ramp runs (floor/ceil unless ``truncate`` is
+    false), clamped to ``[0, dim - 1]``."""
+
+    def correction_dim(num_rotations: float) -> float:
+        return (dim * math.log(original_max / (num_rotations * 2 * math.pi))) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, dim - 1)
+
+
+def _yarn(cfg: YarnScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
+    original = cfg.original_max_position_embeddings or max_pos
+    exps = _exponents(dim, precision)
+    pos_freqs = _powers(base, exps, precision)
+    one = _scalar(1.0, precision)
+    freq_extra = one / pos_freqs
+    freq_inter = one / (_scalar(cfg.factor, precision) * pos_freqs)
+    low, high = yarn_correction_range(cfg.beta_fast, cfg.beta_slow, dim, base, original, cfg.truncate)
+    if low == high:
+        high += 0.001  # the reference's guard against a zero-width ramp
+    ftype = np.float32 if precision == "reference" else np.float64
+    ramp = (np.arange(dim // 2, dtype=ftype) - _scalar(low, precision)) / _scalar(high - low, precision)
+    ramp = np.clip(ramp, 0, 1).astype(ftype)
+    extra_weight = one - ramp
+    inv_freq = freq_inter * (one - extra_weight) + freq_extra * extra_weight
+    if cfg.attention_factor is not None:
+        scaling = float(cfg.attention_factor)
+    else:
+        scaling = get_mscale(cfg.factor, cfg.mscale) / get_mscale(cfg.factor, cfg.mscale_all_dim)
+    return Frequencies(inv_freq.astype(ftype), scaling)
+
+
+def _llama3(cfg: Llama3Scaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
+    inv_freq = standard_inv_freq(dim, base, precision)
+    s = lambda v: _scalar(v, precision)  # noqa: E731
+    old_len = cfg.original_max_position_embeddings
+    low_wavelen = old_len / cfg.low_freq_factor
+    high_wavelen = old_len / cfg.high_freq_factor
+    wavelen = s(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > s(low_wavelen), inv_freq / s(cfg.factor), inv_freq)
+    smooth = (s(old_len) / wavelen - s(cfg.low_freq_factor)) / s(cfg.high_freq_factor - cfg.low_freq_factor)
+    smoothed = (s(1.0) - smooth) * scaled / s(cfg.factor) + smooth * scaled
+    medium = ~(wavelen < s(high_wavelen)) & ~(wavelen > s(low_wavelen))
+    return Frequencies(np.where(medium, smoothed, scaled).astype(inv_freq.dtype))
+
+
+def longrope_factor_and_original(cfg: LongRopeScaling, max_pos: int) -> tuple[float, int]:
+    """``(factor, original_max_position_embeddings)`` as transformers resolves them for LongRoPE."""
+    if cfg.original_max_position_embeddings is not None:
+        original = int(cfg.original_max_position_embeddings)
+        return max_pos / original, original
+    factor = 1.0 if cfg.factor is None else float(cfg.factor)
+    return factor, max_pos
+
+
+def _longrope(cfg: LongRopeScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
+    factor, original = longrope_factor_and_original(cfg, max_pos)
+    if cfg.attention_factor is not None:
+        scaling = float(cfg.attention_factor)
+    elif factor <= 1.0:
+        scaling = 1.0
+    else:
+        scaling = math.sqrt(1 + math.log(factor) / math.log(original))
+    long = seq_len is not None and seq_len > original
+    ftype = np.float32 if precision == "reference" else np.float64
+    ext = np.asarray(cfg.long_factor if long else cfg.short_factor, dtype=ftype)
+    pos_freqs = _powers(base, _exponents(dim, precision), precision)
+    return Frequencies(_scalar(1.0, precision) / (ext * pos_freqs), scaling)
+
+
+FrequencyFunction = Callable[[Any, int, float, int, Precision, int | None], Frequencies]
+
+#: rope_type -> function(cfg, dim, base, max_position_embeddings, precision, seq_len) -> Frequencies
+ROPE_INIT_FUNCTIONS: dict[str, FrequencyFunction] = {
+    "default": _default,
+    "linear": _linear,
+    "ntk": _ntk,
+    "dynamic": _dynamic,
+    "yarn": _yarn,
+    "llama3": _llama3,
+    "longrope": _longrope,
+}
+
+
+def rope_types() -> tuple[str, ...]:
+    """The supported ``rope_type`` names."""
+    return tuple(ROPE_INIT_FUNCTIONS)
+
+
+def compute_frequencies(cfg: ScalingConfig | None, dim: int, base: float, max_position_embeddings: int,
+                        precision: Precision = "reference", seq_len: int | None = None) -> Frequencies:
+    """The frequencies of a configuration for a served length ``seq_len`` (only dynamic NTK and LongRoPE
+    look at it; ``None`` means "not longer than ``max_position_embeddings``")."""
+    rope_type = "default" if cfg is None else cfg.rope_type
+    return ROPE_INIT_FUNCTIONS[rope_type](cfg, dim, base, max_position_embeddings, precision, seq_len)

@@ -1,0 +1,68 @@
+"""Naive, obviously-correct references: plain loops and the formulas written out, independent of ropeflow.
+
+Nothing here imports ropeflow; tests compare the library against these.
+"""
+
+from __future__ import annotations
+
+import math
+
+import mpmath
+import numpy as np
+
+
+def f32_round(x: mpmath.mpf | float) -> np.float32:
+    """``x`` rounded once to the nearest float32 (ties to even), with no double rounding."""
+    with mpmath.workprec(24):
+        y = +mpmath.mpf(x)
+    return np.float32(float(y))
+
+
+def inv_freq_reference_steps(dim: int, base: float) -> np.ndarray:
+    """The PyTorch reference ``1.0 / (base ** (arange(0, dim, 2).float() / dim))``, every float32 step
+    correctly rounded (base cast to float32 first, as PyTorch does for a Python scalar base)."""
+    mpmath.mp.prec = 200
+    base32 = mpmath.mpf(float(np.float32(base)))
+    out = np.empty(dim // 2, np.float32)
+    for j in range(dim // 2):
+        e = f32_round(mpmath.mpf(2 * j) / dim)
+        power = f32_round(base32 ** mpmath.mpf(float(e)))
+        out[j] = f32_round(1 / mpmath.mpf(float(power)))
+    return out
+
+
+def dynamic_base_f64(base: float, factor: float, seq_len: int, max_pos: int, dim: int) -> float:
+    """DESIGN 1.2 written out in float64: the base for a served length beyond ``max_pos``."""
+    if seq_len <= max_pos:
+        return base
+    return base * ((factor * seq_len / max_pos) - (factor - 1)) ** (dim / (dim - 2))
+
+
+def tables_from_inv_freq(inv_freq: np.ndarray, start: int, stop: int, scale: float = 1.0,
+                         divisor: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Row loop: float32 angle ``float32(p / divisor) * inv_freq[j]`` (or float64 for float64 frequencies),
+    cos/sin by ``math`` in float64 of that angle, rounded to the frequency dtype, times ``scale``."""
+    ftype = inv_freq.dtype.type
+    half = inv_freq.shape[0]
+    cos = np.empty((stop - start, 2 * half), ftype)
+    sin = np.empty((stop - start, 2 * half), ftype)
+    for row, p in enumerate(range(start, stop)):
+        t = ftype(p)
+        if divisor != 1.0:
+            t = ftype(t / ftype(divisor))
+        for j in range(half):
+            angle = ftype(t * inv_freq[j])
+            c = ftype(math.cos(float(angle)))
+            s = ftype(math.sin(float(angle)))
+            if scale != 1.0:
+                c, s = ftype(c * ftype(scale)), ftype(s * ftype(scale))
+            cos[row, j] = cos[row, j + half] = c
+            sin[row, j] = sin[row, j + half] = s
+    return cos, sin
+
+
+def true_cos_sin(p: int, j: int, dim: int, base: float) -> tuple[mpmath.mpf, mpmath.mpf]:
+    """Ground truth ``cos(p * base ** (-2j/dim))`` and the sine, in 200-bit arithmetic."""
+    mpmath.mp.prec = 200
+    angle = mpmath.mpf(p) * mpmath.power(mpmath.mpf(base), -mpmath.mpf(2 * j) / dim)
+    return mpmath.cos(angle), mpmath.sin(angle)
