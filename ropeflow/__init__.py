@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+from . import presets
 from ._errors import BackendUnavailableError
 from .backends import available_backends
+from .config import softmax_scale
 from .rotary import RotaryEmbedding
 from .scaling import (
     DynamicScaling,
@@ -40,6 +42,8 @@ __all__ = [
     "YarnScaling",
     "available_backends",
     "compute_frequencies",
+    "presets",
+    "softmax_scale",
     "get_mscale",
     "rope_types",
     "yarn_softmax_scale",

@@ -19,7 +19,7 @@ SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 def namespace(x: Any) -> Any:
     """The array-API namespace of ``x`` (NumPy or CuPy), or a ``TypeError`` naming what is allowed."""
     if type(x) is np.ndarray:  # the hot path: no lookups beyond this
-        return _numpy_namespace
+        return _numpy_namespace or numpy_namespace()
     if not (is_numpy(x) or is_cupy(x)):
         hint = ""
         if type(x).__module__.startswith("torch"):
@@ -30,7 +30,17 @@ def namespace(x: Any) -> Any:
     return array_api_compat.array_namespace(x)
 
 
-_numpy_namespace = array_api_compat.array_namespace(np.empty(0))
+_numpy_namespace = None
+
+
+def numpy_namespace() -> Any:
+    """array-api-compat's NumPy namespace, imported on first use (it costs ~0.2 s: not at ``import ropeflow``)."""
+    global _numpy_namespace
+    if _numpy_namespace is None:
+        import array_api_compat.numpy as xp
+
+        _numpy_namespace = xp
+    return _numpy_namespace
 
 
 def is_numpy(x: Any) -> bool:

@@ -121,6 +121,32 @@ class RotaryEmbedding:
         self._dynamic_len: int | None = None
         self.max_seq_len_cached: int | None = None
 
+    # ----------------------------------------------------------------------------------- constructors
+    @classmethod
+    def from_hf_config(cls, config: Any, *, backend: str = "auto", precision: str = "reference",
+                       dynamic_policy: str = "stateless") -> RotaryEmbedding:
+        """The rotary embedding of a Hugging Face model config: a dict, a path to ``config.json`` (or its
+        folder), or a config object such as a transformers ``PretrainedConfig``. JSON only, nothing executed.
+
+        Reads ``rope_theta``, ``max_position_embeddings``, the rotary dimension (``qk_rope_head_dim``, else
+        ``head_dim * partial_rotary_factor``, else ``hidden_size // num_attention_heads * partial_rotary_factor``)
+        and ``rope_scaling`` / ``rope_parameters``.
+        """
+        from .config import rope_settings
+
+        s = rope_settings(config)
+        return cls(s["dim"], s["max_position_embeddings"], s["base"], scaling=s["scaling"], backend=backend,
+                   precision=precision, dynamic_policy=dynamic_policy)
+
+    @classmethod
+    def from_preset(cls, name: str, *, backend: str = "auto", precision: str = "reference",
+                    dynamic_policy: str = "stateless") -> RotaryEmbedding:
+        """A shipped model preset (see ``ropeflow.presets.names()``), e.g. ``"deepseek-v3"``."""
+        from . import presets
+
+        return cls.from_hf_config(presets.load(name), backend=backend, precision=precision,
+                                  dynamic_policy=dynamic_policy)
+
     # ----------------------------------------------------------------------------------- public API
     @property
     def backend(self) -> str:
@@ -162,9 +188,7 @@ class RotaryEmbedding:
         dtype_name = _xp.dtype_name(dtype)
         backend = resolve(self._requested_backend)
         if backend.is_host:
-            xp_dtype = _xp.numpy_dtype(dtype_name)
-            import array_api_compat.numpy as xp
-            device = "cpu"
+            xp, xp_dtype, device = _xp.numpy_namespace(), _xp.numpy_dtype(dtype_name), "cpu"
         else:
             xp, xp_dtype, device = backend.namespace_for_current_device(dtype_name)
         return self._serve(backend, device, seq_len, dtype_name, xp, xp_dtype)
