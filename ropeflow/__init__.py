@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import presets
 from ._errors import BackendUnavailableError
+from .apply import apply_rotary
 from .backends import available_backends
 from .config import softmax_scale
 from .rotary import RotaryEmbedding
@@ -40,6 +41,7 @@ __all__ = [
     "NTKScaling",
     "RotaryEmbedding",
     "YarnScaling",
+    "apply_rotary",
     "available_backends",
     "compute_frequencies",
     "presets",

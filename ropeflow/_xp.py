@@ -106,3 +106,12 @@ def numpy_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
         return bfloat16_dtype()
     return np.dtype(name)
+
+
+def same_view(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` view the same elements the same way (an in-place call: ``out=x``)."""
+    if a is b:
+        return True
+    ptr_a = a.data.ptr if is_cupy(a) else a.__array_interface__["data"][0]
+    ptr_b = b.data.ptr if is_cupy(b) else b.__array_interface__["data"][0]
+    return ptr_a == ptr_b and a.strides == b.strides and a.shape == b.shape

@@ -181,6 +181,36 @@ class RotaryEmbedding:
 
     forward = __call__
 
+    def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str = "half",
+              seq_axis: int = -2) -> tuple[Any, Any]:
+        """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts may differ, as in grouped-query
+        attention; ``k=None`` rotates ``q`` alone) and return ``(q_rot, k_rot)``.
+
+        Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,
+        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
+        """
+        from .apply import prepare
+
+        xp = _xp.namespace(q)
+        n_seq = int(q.shape[seq_axis]) if q.ndim >= -seq_axis else 0
+        if position_ids is not None:
+            ids = position_ids if hasattr(position_ids, "dtype") else xp.asarray(position_ids)
+            longest = int(xp.max(ids)) + 1 if ids.size else 0
+        elif isinstance(offset, (int, np.integer)) and not isinstance(offset, bool):
+            longest = int(offset) + n_seq
+        else:
+            off = offset if hasattr(offset, "dtype") else xp.asarray(offset)
+            longest = (int(xp.max(off)) + n_seq) if off.size else n_seq
+        table_dtype = "float64" if _xp.dtype_name(q.dtype, "q.dtype") == "float64" else "float32"
+        backend = resolve(self._requested_backend, q)
+        cos, sin = self._serve(backend, _xp.device_key(q), max(longest, 0), table_dtype, xp,
+                               _xp.numpy_dtype(table_dtype))
+        kwargs = dict(offset=offset, layout=layout, rotary_dim=self.dim, seq_axis=seq_axis, backend=backend.name)
+        q_job = prepare(q, cos, sin, position_ids, **kwargs)
+        k_job = None if k is None else prepare(k, cos, sin, position_ids, **kwargs)
+        q_job.run(k_job)
+        return q_job.out, None if k_job is None else k_job.out
+
     def cos_sin(self, seq_len: int, dtype: Any = "float32") -> tuple[Any, Any]:
         """The tables for ``seq_len`` positions without an input array: NumPy arrays on host backends, CuPy
         arrays on the current device with ``backend="cupy"``."""

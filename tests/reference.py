@@ -66,3 +66,31 @@ def true_cos_sin(p: int, j: int, dim: int, base: float) -> tuple[mpmath.mpf, mpm
     mpmath.mp.prec = 200
     angle = mpmath.mpf(p) * mpmath.power(mpmath.mpf(base), -mpmath.mpf(2 * j) / dim)
     return mpmath.cos(angle), mpmath.sin(angle)
+
+
+def apply_naive(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, layout: str,
+                rotary_dim: int, inverse: bool = False) -> np.ndarray:
+    """Loop over (batch, head, seq, pair) of a (B, H, S, D) array; returns float64. DESIGN 1.4 written out:
+    half pairs (j, j + half) in place; interleaved pairs (2j, 2j + 1) in place; deepseek pairs (2j, 2j + 1)
+    written to (j, j + half). Channels past rotary_dim pass through."""
+    n_b, n_h, n_s, _ = x.shape
+    half = rotary_dim // 2
+    out = x.astype(np.float64)
+    for b in range(n_b):
+        for h in range(n_h):
+            for s in range(n_s):
+                p = int(positions[b, s])
+                row = x[b, h, s].astype(np.float64)
+                for j in range(half):
+                    c = float(cos[p, j])
+                    sn = -float(sin[p, j]) if inverse else float(sin[p, j])
+                    if layout == "half":
+                        i1, i2, o1, o2 = j, j + half, j, j + half
+                    elif layout == "interleaved":
+                        i1, i2, o1, o2 = 2 * j, 2 * j + 1, 2 * j, 2 * j + 1
+                    else:
+                        i1, i2, o1, o2 = 2 * j, 2 * j + 1, j, j + half
+                    x1, x2 = float(row[i1]), float(row[i2])
+                    out[b, h, s, o1] = x1 * c - x2 * sn
+                    out[b, h, s, o2] = x2 * c + x1 * sn
+    return out

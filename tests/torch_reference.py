@@ -58,3 +58,29 @@ def tables_from_inv_freq(inv_freq, seq_len):
     t = torch.arange(seq_len, dtype=torch.float32)
     emb = torch.cat([torch.outer(t, inv_freq)] * 2, dim=-1)
     return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary_pos_emb(q, k, cos, sin, position_ids, unsqueeze_dim=1):
+    """DeepSeek-V3's apply_rotary_pos_emb: interleaved pairs permuted to halves, then rotated."""
+    cos = cos[position_ids].unsqueeze(unsqueeze_dim)
+    sin = sin[position_ids].unsqueeze(unsqueeze_dim)
+    b, h, s, d = q.shape
+    q = q.view(b, h, s, d // 2, 2).transpose(4, 3).reshape(b, h, s, d)
+    b, h, s, d = k.shape
+    k = k.view(b, h, s, d // 2, 2).transpose(4, 3).reshape(b, h, s, d)
+    q_embed = (q * cos) + (rotate_half(q) * sin)
+    k_embed = (k * cos) + (rotate_half(k) * sin)
+    return q_embed, k_embed
+
+
+def apply_rotary_half(x, cos, sin, position_ids, unsqueeze_dim=1):
+    """LLaMA / GPT-NeoX: x * cos + rotate_half(x) * sin."""
+    cos = cos[position_ids].unsqueeze(unsqueeze_dim)
+    sin = sin[position_ids].unsqueeze(unsqueeze_dim)
+    return (x * cos) + (rotate_half(x) * sin)

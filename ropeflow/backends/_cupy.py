@@ -18,11 +18,15 @@ from typing import Any
 import numpy as np
 
 from .._errors import BackendUnavailableError
+from .._xp import same_view
 from ..scaling import Frequencies
 
 THREADS_PER_BLOCK = 256
 _TABLE_EXACT_TEMPLATE = "rope_table_exact<{}>"
 _CTYPES = {"float32": "float", "float64": "double"}
+_APPLY_TEMPLATE = "rope_apply<{}, {}, {}>"
+_APPLY_TYPES = {"float32": ("float", "float"), "float64": ("double", "double"), "float16": ("__half", "float")}
+LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
 CUDA_EXTRAS_HINT = "pip install 'ropeflow[cuda12]' or 'ropeflow[cuda13]' (matching your CUDA driver)"
 
 
@@ -48,9 +52,35 @@ def kernel_name(inv_freq_dtype: Any, out_dtype: Any) -> str:
     raise TypeError(f"dtype: no table kernel for {freq} frequencies and {out} output; allowed: float32, float64")
 
 
+def apply_kernel_name(x_dtype: Any, layout: str) -> str:
+    """The rotation kernel for inputs of ``x_dtype`` and a layout; tables are float32 (float64 for float64)."""
+    name = np.dtype(x_dtype).name
+    if name not in _APPLY_TYPES:
+        raise TypeError(f"x.dtype: the cupy backend rotates float16, float32 and float64, got {name}")
+    if layout not in LAYOUT_CODES:
+        raise ValueError(f"layout: unknown layout {layout!r}; allowed: {', '.join(map(repr, LAYOUT_CODES))}")
+    return _APPLY_TEMPLATE.format(*_APPLY_TYPES[name], LAYOUT_CODES[layout])
+
+
+def apply_table_dtype(x_dtype: Any) -> np.dtype:
+    """The table dtype the rotation kernel for ``x_dtype`` reads."""
+    return np.dtype(np.float64 if np.dtype(x_dtype) == np.float64 else np.float32)
+
+
 def name_expressions() -> tuple[str, ...]:
     """The template instances the module is compiled with."""
-    return tuple(_TABLE_EXACT_TEMPLATE.format(c) for c in _CTYPES.values())
+    tables = tuple(_TABLE_EXACT_TEMPLATE.format(c) for c in _CTYPES.values())
+    applies = tuple(_APPLY_TEMPLATE.format(t, tt, code) for t, tt in _APPLY_TYPES.values()
+                    for code in LAYOUT_CODES.values())
+    return tables + applies
+
+
+def tensor_args(x4: Any, out4: Any) -> tuple:
+    """The per-tensor kernel arguments: in, out, rows, heads, input and output element strides."""
+    b, h, s, _ = x4.shape
+    isz, osz = x4.itemsize, out4.itemsize
+    strides = [st // isz for st in x4.strides] + [st // osz for st in out4.strides]
+    return (x4, out4, np.int64(b * h * s), np.int64(h), *(np.int64(v) for v in strides))
 
 
 def launch_config(work_items: int, threads: int = THREADS_PER_BLOCK, max_blocks: int = 65535 * 8
@@ -154,6 +184,40 @@ class CupyBackend:
                 args = (inv_freq, np.int64(start), np.int64(rows), np.int32(half),
                         np.float64(freqs.position_divisor), np.float64(freqs.attention_scaling), cos_out, sin_out)
             kernel(grid, block, args)
+
+    def apply(self, x: Any, out: Any, cos: Any, sin: Any, positions: Any, layout: str, rotary_dim: int,
+              inverse: bool, k: Any = None, k_out: Any = None) -> None:
+        """Rotate ``x`` (and ``k``, in the same launch) into ``out`` (``k_out``); (B, H, S, D) strided views."""
+        copy_rest = rotary_dim < int(x.shape[-1]) and not same_view(x, out)
+        if k is not None and copy_rest != (rotary_dim < int(k.shape[-1]) and not same_view(k, k_out)):
+            raise ValueError("k_out: q and k must both be rotated in place, or both out of place")
+        if layout == "deepseek" and self.cupy.may_share_memory(x, out):
+            x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
+        if k is not None and layout == "deepseek" and self.cupy.may_share_memory(k, k_out):
+            k = k.copy()
+        name = apply_kernel_name(x.dtype, layout)
+        want = apply_table_dtype(x.dtype)
+        cos = self.cupy.ascontiguousarray(cos, dtype=want)
+        sin = self.cupy.ascontiguousarray(sin, dtype=want)
+        half = rotary_dim // 2
+        head_dim = int(x.shape[-1])
+        a_args = tensor_args(x, out)
+        if k is None:
+            dummy = self.cupy.empty((1, 1, 1, 1), dtype=x.dtype)
+            b_args = (dummy, dummy, np.int64(0), np.int64(1)) + (np.int64(0),) * 8
+        else:
+            b_args = tensor_args(k, k_out)
+        rows = int(a_args[2]) + int(b_args[2])
+        per_row = half + (head_dim - rotary_dim if copy_rest else 0)
+        grid, block = launch_config(rows * per_row)
+        positions = self.cupy.asarray(positions, dtype=self.cupy.int64)
+        pos_sb, pos_ss = (st // positions.itemsize for st in positions.strides)
+        device = x.device.id
+        with self.cupy.cuda.Device(device):
+            kernel = self.module(device).get_function(name)
+            kernel(grid, block, (*a_args, *b_args, cos, sin, np.int64(cos.shape[1]), positions, np.int64(pos_sb),
+                                 np.int64(pos_ss), np.int64(x.shape[2]), np.int32(half), np.int32(rotary_dim),
+                                 np.int32(head_dim), np.int32(copy_rest), np.float64(-1.0 if inverse else 1.0)))
 
     def namespace_for_current_device(self, dtype_name: str) -> tuple[Any, Any, int]:
         """``(xp, dtype, device id)`` for tables requested without an input array."""

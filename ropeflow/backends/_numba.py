@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import BackendUnavailableError
+from .._xp import same_view
 from ..scaling import Frequencies
 
 try:
@@ -155,6 +156,131 @@ def _table_rows_f64(inv_freq, start, divisor, scale, use_libm, cos_out, sin_out)
             sin_out[i, j + half] = s
 
 
+# ------------------------------------------------------------------------------------------- rotation
+# Numba has no float16 or bfloat16: such arrays are passed as uint16 views and decoded/encoded here with
+# round-to-nearest-even, directly from the float64 result (one rounding).
+_F16 = (10, 15)  # (mantissa bits, exponent bias)
+_BF16 = (7, 127)
+
+
+@_jit(inline="always")
+def _load_float(v):
+    return np.float64(v)
+
+
+@_jit(inline="always")
+def _store_float(v):
+    return v
+
+
+@_jit(inline="always")
+def _decode(bits, mant_bits, bias):
+    sign = -1.0 if (bits >> (mant_bits + 5 if mant_bits == 10 else mant_bits + 8)) & 1 else 1.0
+    exp_mask = 31 if mant_bits == 10 else 255
+    e = (bits >> mant_bits) & exp_mask
+    m = bits & ((1 << mant_bits) - 1)
+    if e == exp_mask:
+        return sign * np.inf if m == 0 else np.nan
+    if e == 0:
+        return sign * math.ldexp(np.float64(m), 1 - bias - mant_bits)
+    return sign * math.ldexp(np.float64(m + (1 << mant_bits)), e - bias - mant_bits)
+
+
+@_jit(inline="always")
+def _encode(v, mant_bits, bias):
+    exp_mask = 31 if mant_bits == 10 else 255
+    sign_bit = 1 << (mant_bits + (5 if mant_bits == 10 else 8))
+    if v != v:
+        return np.uint16((exp_mask << mant_bits) | (1 << (mant_bits - 1)))
+    sign = sign_bit if v < 0 or (v == 0 and math.copysign(1.0, v) < 0) else 0
+    a = abs(v)
+    if a == 0:
+        return np.uint16(sign)
+    if a == np.inf:
+        return np.uint16(sign | (exp_mask << mant_bits))
+    _, e2 = math.frexp(a)  # a = f * 2**e2, f in [0.5, 1)
+    e = max(e2 - 1, 1 - bias)  # unbiased exponent, clamped to the subnormal range
+    q = np.int64(np.rint(math.ldexp(a, mant_bits - e)))  # significand with the hidden bit, rounded half-even
+    biased = e + bias if q >= (1 << mant_bits) else 0
+    if biased == 0:
+        bits = q  # subnormal (q == 1 << mant_bits rolls over into the smallest normal by itself)
+    else:
+        bits = (biased << mant_bits) + (q - (1 << mant_bits))  # q == 2 << mant_bits carries into the exponent
+    if bits >= (exp_mask << mant_bits):
+        bits = exp_mask << mant_bits  # overflow: infinity
+    return np.uint16(sign | bits)
+
+
+@_jit(inline="always")
+def _load_f16(bits):
+    return _decode(np.int64(bits), 10, 15)
+
+
+@_jit(inline="always")
+def _store_f16(v):
+    return _encode(v, 10, 15)
+
+
+@_jit(inline="always")
+def _load_bf16(bits):
+    return _decode(np.int64(bits), 7, 127)
+
+
+@_jit(inline="always")
+def _store_bf16(v):
+    return _encode(v, 7, 127)
+
+
+@_jit(parallel=True)
+def _apply_rows(x, out, cos, sin, positions, layout, rotary_dim, sign, copy_rest, load, store):
+    """One parallel iteration per (batch, head, seq) row, one rotated pair per inner iteration (the CUDA
+    kernel's decomposition). x, out: (B, H, S, D), any strides; positions: (B, S) rows of cos/sin.
+    layout: 0 "half", 1 "interleaved", 2 "deepseek" (a separate inner loop each, so LLVM sees unit strides)."""
+    n_batch, n_heads, n_seq, head_dim = x.shape
+    half = rotary_dim // 2
+    per_batch = n_heads * n_seq
+    for r in prange(n_batch * per_batch):
+        b = r // per_batch
+        h = (r - b * per_batch) // n_seq
+        s = r - b * per_batch - h * n_seq
+        p = positions[b, s]
+        xr = x[b, h, s]
+        orow = out[b, h, s]
+        crow = cos[p]
+        srow = sin[p]
+        if layout == 0:
+            for j in range(half):
+                c = np.float64(crow[j])
+                sn = sign * np.float64(srow[j])
+                x1 = load(xr[j])
+                x2 = load(xr[j + half])
+                orow[j] = store(x1 * c - x2 * sn)
+                orow[j + half] = store(x2 * c + x1 * sn)
+        elif layout == 1:
+            for j in range(half):
+                c = np.float64(crow[j])
+                sn = sign * np.float64(srow[j])
+                x1 = load(xr[2 * j])
+                x2 = load(xr[2 * j + 1])
+                orow[2 * j] = store(x1 * c - x2 * sn)
+                orow[2 * j + 1] = store(x2 * c + x1 * sn)
+        else:
+            for j in range(half):
+                c = np.float64(crow[j])
+                sn = sign * np.float64(srow[j])
+                x1 = load(xr[2 * j])
+                x2 = load(xr[2 * j + 1])
+                orow[j] = store(x1 * c - x2 * sn)
+                orow[j + half] = store(x2 * c + x1 * sn)
+        if copy_rest:
+            for k in range(rotary_dim, head_dim):
+                orow[k] = xr[k]
+
+
+_LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
+_CODECS = {"float16": (_load_f16, _store_f16), "bfloat16": (_load_bf16, _store_bf16)}
+
+
 class NumbaBackend:
     name = "numba"
     is_host = True
@@ -184,6 +310,23 @@ class NumbaBackend:
         else:
             _table_rows_f64(inv_freq, start, float(freqs.position_divisor), float(freqs.attention_scaling),
                            use_libm, cos_out, sin_out)
+
+
+    def apply(self, x: np.ndarray, out: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.ndarray,
+              layout: str, rotary_dim: int, inverse: bool) -> None:
+        """Rotate ``x`` into ``out`` in one fused pass (see :func:`_apply_rows`). Strided views are read in
+        place; only an in-place "deepseek" call (which permutes channels within a row) copies ``x`` first."""
+        copy_rest = rotary_dim < x.shape[-1] and not same_view(x, out)
+        if layout == "deepseek" and np.may_share_memory(x, out):
+            x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
+        name = x.dtype.name
+        if name in _CODECS:
+            load, store = _CODECS[name]
+            x, out = x.view(np.uint16), out.view(np.uint16)
+        else:
+            load, store = _load_float, _store_float
+        _apply_rows(x, out, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim, -1.0 if inverse else 1.0,
+                    copy_rest, load, store)
 
 
 def make_backend() -> NumbaBackend:

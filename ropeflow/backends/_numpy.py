@@ -1,8 +1,18 @@
 """The readable reference backend: vectorized NumPy in the PyTorch reference's op order.
 
+Tables:
+
     t     = arange(start, stop) as float32 (float64 in exact mode), divided by position_divisor
     freqs = outer(t, inv_freq)                   # float32 IEEE products: bit-identical on every backend
     cos   = cos(concat(freqs, freqs)) * attention_scaling
+
+Rotation (DESIGN 1.4), for each rotated pair (x1, x2) of a row at position p, in float64, rounded once:
+
+    out1 = x1 * cos[p, j] - x2 * sin[p, j]
+    out2 = x2 * cos[p, j] + x1 * sin[p, j]
+
+"half" pairs channels (j, j + half) and writes them back there; "interleaved" pairs (2j, 2j + 1) and writes
+them back there; "deepseek" pairs (2j, 2j + 1) and writes them to (j, j + half).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .._xp import same_view
 from ..scaling import Frequencies
 
 
@@ -40,6 +51,33 @@ class NumpyBackend:
         cos_out[:, half:] = cos
         sin_out[:, :half] = sin
         sin_out[:, half:] = sin
+
+
+    def apply(self, x: np.ndarray, out: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.ndarray,
+              layout: str, rotary_dim: int, inverse: bool) -> None:
+        """Rotate ``x`` into ``out``; both ``(batch, heads, seq, head_dim)`` views (any strides, may alias).
+
+        positions: ``(batch, seq)`` int64 rows of the tables; cos/sin: ``(table_len, rotary_dim)``.
+        """
+        half = rotary_dim // 2
+        c = cos[positions][:, None, :, :half].astype(np.float64)  # (batch, 1, seq, half)
+        s = sin[positions][:, None, :, :half].astype(np.float64)
+        if inverse:
+            s = -s
+        rotated = x[..., :rotary_dim].astype(np.float64)
+        if layout == "half":
+            x1, x2 = rotated[..., :half], rotated[..., half:]
+        else:  # "interleaved" and "deepseek" read pairs (2j, 2j + 1)
+            x1, x2 = rotated[..., 0::2], rotated[..., 1::2]
+        o1 = x1 * c - x2 * s
+        o2 = x2 * c + x1 * s
+        if layout == "interleaved":
+            result = np.stack([o1, o2], axis=-1).reshape(rotated.shape)
+        else:  # "half" and "deepseek" write halves
+            result = np.concatenate([o1, o2], axis=-1)
+        if rotary_dim < x.shape[-1] and not same_view(x, out):
+            out[..., rotary_dim:] = x[..., rotary_dim:]
+        out[..., :rotary_dim] = result.astype(out.dtype)
 
 
 def make_backend() -> NumpyBackend:

@@ -12,6 +12,8 @@
 // * sincosf/sincos are the accurate CUDA math routines (no __sinf/__cosf intrinsics, whose error grows
 //   with the argument); exact mode takes the angle and the sin/cos in double and rounds once.
 
+#include <cuda_fp16.h>
+
 // Reference precision: float32 angle, float32 sincosf, float32 tables.
 extern "C" __global__ void rope_table_ref(const float* __restrict__ inv_freq, long long start,
                                           long long rows, int half, float divisor, float scale,
@@ -63,10 +65,93 @@ __global__ void rope_table_exact(const double* __restrict__ inv_freq, long long 
     }
 }
 
+// ------------------------------------------------------------------------------------------- rotation
+// One launch rotates up to two tensors (q and k, whose head counts may differ). Work item = (row, t) with
+// row = (batch, head, seq) of a tensor and t < half a rotated pair (t >= half: a pass-through channel past
+// rotary_dim). Tensors are addressed through element strides, so slices of a fused qkv buffer need no copy.
+// Math in double, rounded once to T. LAYOUT: 0 "half", 1 "interleaved", 2 "deepseek" (a compile-time flag).
+struct RopeTensor {
+    const void* in;
+    void* out;
+    long long rows;                          // batch * heads * seq
+    long long heads;
+    long long in_sb, in_sh, in_ss, in_sd;    // element strides of the input (batch, head, seq, dim)
+    long long out_sb, out_sh, out_ss, out_sd;
+};
+
+__device__ __forceinline__ double rope_load(const float* p) { return (double)*p; }
+__device__ __forceinline__ double rope_load(const double* p) { return *p; }
+__device__ __forceinline__ double rope_load(const __half* p) { return (double)__half2float(*p); }
+__device__ __forceinline__ void rope_store(float* p, double v) { *p = (float)v; }
+__device__ __forceinline__ void rope_store(double* p, double v) { *p = v; }
+__device__ __forceinline__ void rope_store(__half* p, double v) { *p = __double2half(v); }
+
+// Kernel arguments are plain pointers and scalars (no struct by value), in this order per tensor:
+// in, out, rows, heads, in strides (b, h, s, d), out strides (b, h, s, d).
+#define ROPE_TENSOR_PARAMS(n)                                                                                 \
+    const void *n##_in, void *n##_out, long long n##_rows, long long n##_heads, long long n##_isb,            \
+        long long n##_ish, long long n##_iss, long long n##_isd, long long n##_osb, long long n##_osh,         \
+        long long n##_oss, long long n##_osd
+#define ROPE_TENSOR_MAKE(n) \
+    RopeTensor{n##_in, n##_out, n##_rows, n##_heads, n##_isb, n##_ish, n##_iss, n##_isd, n##_osb, n##_osh, n##_oss, n##_osd}
+
+template <typename T, typename TT, int LAYOUT>
+__global__ void rope_apply(ROPE_TENSOR_PARAMS(qa), ROPE_TENSOR_PARAMS(kb), const TT* __restrict__ cos_table,
+                           const TT* __restrict__ sin_table, long long table_stride,
+                           const long long* __restrict__ positions, long long pos_sb, long long pos_ss,
+                           long long seq, int half, int rotary_dim, int head_dim, int copy_rest, double sign) {
+    const RopeTensor a = ROPE_TENSOR_MAKE(qa);
+    const RopeTensor b = ROPE_TENSOR_MAKE(kb);
+    const long long per_row = half + (copy_rest ? head_dim - rotary_dim : 0);
+    const long long total = (a.rows + b.rows) * per_row;
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += stride) {
+        long long row = idx / per_row;
+        const int t = (int)(idx - row * per_row);
+        const RopeTensor& x = row < a.rows ? a : b;
+        if (row >= a.rows) row -= a.rows;
+        const long long per_batch = x.heads * seq;
+        const long long bi = row / per_batch;
+        const long long hi = (row - bi * per_batch) / seq;
+        const long long si = row - bi * per_batch - hi * seq;
+        const T* in = (const T*)x.in + bi * x.in_sb + hi * x.in_sh + si * x.in_ss;
+        T* out = (T*)x.out + bi * x.out_sb + hi * x.out_sh + si * x.out_ss;
+        if (t >= half) {  // pass-through channel
+            const int k = rotary_dim + (t - half);
+            out[k * x.out_sd] = in[k * x.in_sd];
+            continue;
+        }
+        const long long p = positions[bi * pos_sb + si * pos_ss];
+        const double c = (double)cos_table[p * table_stride + t];
+        const double s = sign * (double)sin_table[p * table_stride + t];
+        const int i1 = LAYOUT == 0 ? t : 2 * t;
+        const int i2 = LAYOUT == 0 ? t + half : 2 * t + 1;
+        const int o1 = LAYOUT == 1 ? 2 * t : t;
+        const int o2 = LAYOUT == 1 ? 2 * t + 1 : t + half;
+        const double x1 = rope_load(in + i1 * x.in_sd);
+        const double x2 = rope_load(in + i2 * x.in_sd);
+        rope_store(out + o1 * x.out_sd, x1 * c - x2 * s);
+        rope_store(out + o2 * x.out_sd, x2 * c + x1 * s);
+    }
+}
+
 #ifdef ROPEFLOW_INSTANTIATE
 // Explicit instances for an offline nvcc check; at run time NVRTC instantiates them by name_expressions.
 template __global__ void rope_table_exact<float>(const double*, long long, long long, int, double, double,
                                                  float*, float*);
 template __global__ void rope_table_exact<double>(const double*, long long, long long, int, double, double,
                                                   double*, double*);
+#define ROPE_APPLY_INSTANCE(T, TT, L)                                                                       \
+    template __global__ void rope_apply<T, TT, L>(ROPE_TENSOR_PARAMS(qa), ROPE_TENSOR_PARAMS(kb), const TT*,   \
+                                                  const TT*, long long, const long long*, long long, long long, \
+                                                  long long, int, int, int, int, double);
+ROPE_APPLY_INSTANCE(float, float, 0)
+ROPE_APPLY_INSTANCE(float, float, 1)
+ROPE_APPLY_INSTANCE(float, float, 2)
+ROPE_APPLY_INSTANCE(double, double, 0)
+ROPE_APPLY_INSTANCE(double, double, 1)
+ROPE_APPLY_INSTANCE(double, double, 2)
+ROPE_APPLY_INSTANCE(__half, float, 0)
+ROPE_APPLY_INSTANCE(__half, float, 1)
+ROPE_APPLY_INSTANCE(__half, float, 2)
 #endif
