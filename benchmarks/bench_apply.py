@@ -21,8 +21,9 @@ import numpy as np
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_ROOT), str(_ROOT / "tests"), str(_ROOT / "benchmarks")]
 
-import ropeflow  # noqa: E402
 from bench_tables import describe_cpu  # noqa: E402
+
+import ropeflow  # noqa: E402
 
 CASES = [("prefill", (1, 32, 4096, 128)), ("decode", (8, 32, 1, 128))]
 TABLE_LEN = 8192

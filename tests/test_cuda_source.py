@@ -33,10 +33,21 @@ def test_rope_cu_compiles_to_ptx(tmp_path, arch):
     # every template instance the runtime asks NVRTC for exists (explicitly instantiated here)
     applies = [n for n in name_expressions() if n.startswith("rope_apply<")]
     assert len(applies) == 9 and ptx.count(".entry _Z10rope_apply") == 9
-    for mangled in ("IffLi0E", "IffLi1E", "IffLi2E", "IddLi0E", "IddLi2E", "I6__halffLi0E", "I6__halffLi2E"):
+    for mangled in ("IffLi0E", "IffLi1E", "IffLi2E", "IddLi0E", "IddLi2E", "I9rope_halffLi0E", "I9rope_halffLi2E"):
         assert f"_Z10rope_apply{mangled}" in ptx
     # accurate sin/cos only: no fast-math approximations anywhere
     assert "sin.approx" not in ptx and "cos.approx" not in ptx
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
+def test_rope_cu_assembles_to_cubin(tmp_path):
+    """ptxas runs too (it checks the inline PTX of the float16 conversions)."""
+    src = resources.files("ropeflow.backends").joinpath("kernels/rope.cu")
+    out = tmp_path / "rope.cubin"
+    proc = subprocess.run([NVCC, "-cubin", "-arch=sm_80", "-std=c++14", "-DROPEFLOW_INSTANTIATE", str(src), "-o",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
 
 
 def test_kernel_source_has_line_directive():

@@ -25,7 +25,7 @@ THREADS_PER_BLOCK = 256
 _TABLE_EXACT_TEMPLATE = "rope_table_exact<{}>"
 _CTYPES = {"float32": "float", "float64": "double"}
 _APPLY_TEMPLATE = "rope_apply<{}, {}, {}>"
-_APPLY_TYPES = {"float32": ("float", "float"), "float64": ("double", "double"), "float16": ("__half", "float")}
+_APPLY_TYPES = {"float32": ("float", "float"), "float64": ("double", "double"), "float16": ("rope_half", "float")}
 LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
 CUDA_EXTRAS_HINT = "pip install 'ropeflow[cuda12]' or 'ropeflow[cuda13]' (matching your CUDA driver)"
 

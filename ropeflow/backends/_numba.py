@@ -30,7 +30,10 @@ from ..scaling import Frequencies
 
 try:
     import numba
+    from llvmlite import ir as llvm_ir
     from numba import njit, prange
+    from numba.core import types
+    from numba.extending import intrinsic, overload
 except ImportError as exc:  # pragma: no cover - exercised only without numba
     raise BackendUnavailableError(
         "backend 'numba': numba is not installed (pip install numba, or reinstall ropeflow)"
@@ -163,76 +166,127 @@ _F16 = (10, 15)  # (mantissa bits, exponent bias)
 _BF16 = (7, 127)
 
 
-@_jit(inline="always")
-def _load_float(v):
-    return np.float64(v)
+@intrinsic
+def _f64_bits(typingctx, x):
+    """The IEEE bits of a float64 as an int64 (an LLVM bitcast: vectorizable, no memory round trip)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(64))
+
+    return sig, codegen
 
 
-@_jit(inline="always")
-def _store_float(v):
-    return v
+@intrinsic
+def _bits_f64(typingctx, x):
+    """The float64 whose IEEE bits are the int64 ``x``."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _f16_to_f64(typingctx, x):
+    """float16 bits (uint16) -> float64 through LLVM's half type (F16C where the CPU has it); exact."""
+    sig = types.float64(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        half = builder.bitcast(args[0], llvm_ir.HalfType())
+        return builder.fpext(half, llvm_ir.DoubleType())
+
+    return sig, codegen
 
 
 @_jit(inline="always")
 def _decode(bits, mant_bits, bias):
-    sign = -1.0 if (bits >> (mant_bits + 5 if mant_bits == 10 else mant_bits + 8)) & 1 else 1.0
+    """float16 / bfloat16 bits (as int64) -> the exact float64 value, by rebuilding float64 bits."""
     exp_mask = 31 if mant_bits == 10 else 255
+    sign = (bits >> (mant_bits + (5 if mant_bits == 10 else 8))) & 1
     e = (bits >> mant_bits) & exp_mask
     m = bits & ((1 << mant_bits) - 1)
-    if e == exp_mask:
-        return sign * np.inf if m == 0 else np.nan
-    if e == 0:
-        return sign * math.ldexp(np.float64(m), 1 - bias - mant_bits)
-    return sign * math.ldexp(np.float64(m + (1 << mant_bits)), e - bias - mant_bits)
+    if e == 0:  # zero or subnormal: m * 2**(1 - bias - mant_bits), exact in float64
+        v = np.float64(m) * _bits_f64(np.int64(1023 + 1 - bias - mant_bits) << 52)
+        return -v if sign else v
+    e64 = 2047 if e == exp_mask else e - bias + 1023
+    return _bits_f64((sign << 63) | (np.int64(e64) << 52) | (np.int64(m) << (52 - mant_bits)))
 
 
 @_jit(inline="always")
 def _encode(v, mant_bits, bias):
+    """float64 -> float16 / bfloat16 bits, rounded once to nearest even (overflow to inf, NaN kept quiet)."""
     exp_mask = 31 if mant_bits == 10 else 255
-    sign_bit = 1 << (mant_bits + (5 if mant_bits == 10 else 8))
-    if v != v:
-        return np.uint16((exp_mask << mant_bits) | (1 << (mant_bits - 1)))
-    sign = sign_bit if v < 0 or (v == 0 and math.copysign(1.0, v) < 0) else 0
-    a = abs(v)
-    if a == 0:
+    shift = 52 - mant_bits
+    b = _f64_bits(v)
+    sign = 0x8000 if b < 0 else 0
+    a = b & 0x7FFFFFFFFFFFFFFF
+    e64 = a >> 52
+    mant = a & ((np.int64(1) << 52) - 1)
+    if e64 == 2047:  # inf or NaN
+        h = (exp_mask << mant_bits) | ((1 << (mant_bits - 1)) if mant != 0 else 0)
+        return np.uint16(sign | h)
+    e = e64 - 1023 + bias
+    if e >= 1:
+        h = (e << mant_bits) | (mant >> shift)
+        rem = mant & ((np.int64(1) << shift) - 1)
+        halfway = np.int64(1) << (shift - 1)
+    elif e > -(mant_bits + 1):
+        full = mant | (np.int64(1) << 52)
+        sub_shift = shift + 1 - e
+        h = full >> sub_shift
+        rem = full & ((np.int64(1) << sub_shift) - 1)
+        halfway = np.int64(1) << (sub_shift - 1)
+    else:  # below half the smallest subnormal: rounds to zero
         return np.uint16(sign)
-    if a == np.inf:
-        return np.uint16(sign | (exp_mask << mant_bits))
-    _, e2 = math.frexp(a)  # a = f * 2**e2, f in [0.5, 1)
-    e = max(e2 - 1, 1 - bias)  # unbiased exponent, clamped to the subnormal range
-    q = np.int64(np.rint(math.ldexp(a, mant_bits - e)))  # significand with the hidden bit, rounded half-even
-    biased = e + bias if q >= (1 << mant_bits) else 0
-    if biased == 0:
-        bits = q  # subnormal (q == 1 << mant_bits rolls over into the smallest normal by itself)
-    else:
-        bits = (biased << mant_bits) + (q - (1 << mant_bits))  # q == 2 << mant_bits carries into the exponent
-    if bits >= (exp_mask << mant_bits):
-        bits = exp_mask << mant_bits  # overflow: infinity
-    return np.uint16(sign | bits)
+    if rem > halfway or (rem == halfway and (h & 1) == 1):
+        h += 1  # a carry into the exponent is the correct rounding (up to inf)
+    if h > (exp_mask << mant_bits):
+        h = exp_mask << mant_bits
+    return np.uint16(sign | h)
 
 
-@_jit(inline="always")
-def _load_f16(bits):
-    return _decode(np.int64(bits), 10, 15)
+def _get(row, i):
+    """``row[i]`` as float64; float16 rows arrive as uint16 views, bfloat16 rows as int16 views."""
 
 
-@_jit(inline="always")
-def _store_f16(v):
-    return _encode(v, 10, 15)
+def _put(row, i, v):
+    """``row[i] = v`` rounded once from float64 to the row's dtype (uint16: float16, int16: bfloat16)."""
 
 
-@_jit(inline="always")
-def _load_bf16(bits):
-    return _decode(np.int64(bits), 7, 127)
+@overload(_get)
+def _get_impl(row, i):
+    if row.dtype == types.uint16:
+        return lambda row, i: _f16_to_f64(row[i])
+    if row.dtype == types.int16:
+        return lambda row, i: _decode(np.int64(row[i]) & 0xFFFF, 7, 127)
+    return lambda row, i: np.float64(row[i])
 
 
-@_jit(inline="always")
-def _store_bf16(v):
-    return _encode(v, 7, 127)
+@overload(_put)
+def _put_impl(row, i, v):
+    if row.dtype == types.uint16:
+
+        def put_f16(row, i, v):
+            row[i] = _encode(v, 10, 15)
+
+        return put_f16
+    if row.dtype == types.int16:
+
+        def put_bf16(row, i, v):
+            row[i] = _encode(v, 7, 127)  # uint16 -> int16 view: the same 16 bits
+
+        return put_bf16
+
+    def put_float(row, i, v):
+        row[i] = v
+
+    return put_float
 
 
 @_jit(parallel=True)
-def _apply_rows(x, out, cos, sin, positions, layout, rotary_dim, sign, copy_rest, load, store):
+def _apply_rows(x, out, cos, sin, positions, layout, rotary_dim, sign, copy_rest):
     """One parallel iteration per (batch, head, seq) row, one rotated pair per inner iteration (the CUDA
     kernel's decomposition). x, out: (B, H, S, D), any strides; positions: (B, S) rows of cos/sin.
     layout: 0 "half", 1 "interleaved", 2 "deepseek" (a separate inner loop each, so LLVM sees unit strides)."""
@@ -252,33 +306,34 @@ def _apply_rows(x, out, cos, sin, positions, layout, rotary_dim, sign, copy_rest
             for j in range(half):
                 c = np.float64(crow[j])
                 sn = sign * np.float64(srow[j])
-                x1 = load(xr[j])
-                x2 = load(xr[j + half])
-                orow[j] = store(x1 * c - x2 * sn)
-                orow[j + half] = store(x2 * c + x1 * sn)
+                x1 = _get(xr, j)
+                x2 = _get(xr, j + half)
+                _put(orow, j, x1 * c - x2 * sn)
+                _put(orow, j + half, x2 * c + x1 * sn)
         elif layout == 1:
             for j in range(half):
                 c = np.float64(crow[j])
                 sn = sign * np.float64(srow[j])
-                x1 = load(xr[2 * j])
-                x2 = load(xr[2 * j + 1])
-                orow[2 * j] = store(x1 * c - x2 * sn)
-                orow[2 * j + 1] = store(x2 * c + x1 * sn)
+                x1 = _get(xr, 2 * j)
+                x2 = _get(xr, 2 * j + 1)
+                _put(orow, 2 * j, x1 * c - x2 * sn)
+                _put(orow, 2 * j + 1, x2 * c + x1 * sn)
         else:
             for j in range(half):
                 c = np.float64(crow[j])
                 sn = sign * np.float64(srow[j])
-                x1 = load(xr[2 * j])
-                x2 = load(xr[2 * j + 1])
-                orow[j] = store(x1 * c - x2 * sn)
-                orow[j + half] = store(x2 * c + x1 * sn)
+                x1 = _get(xr, 2 * j)
+                x2 = _get(xr, 2 * j + 1)
+                _put(orow, j, x1 * c - x2 * sn)
+                _put(orow, j + half, x2 * c + x1 * sn)
         if copy_rest:
             for k in range(rotary_dim, head_dim):
                 orow[k] = xr[k]
 
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
-_CODECS = {"float16": (_load_f16, _store_f16), "bfloat16": (_load_bf16, _store_bf16)}
+# Numba has neither float16 nor bfloat16 arrays: they travel as 16-bit integer views, told apart by sign.
+_RAW_VIEWS = {"float16": np.uint16, "bfloat16": np.int16}
 
 
 class NumbaBackend:
@@ -319,14 +374,11 @@ class NumbaBackend:
         copy_rest = rotary_dim < x.shape[-1] and not same_view(x, out)
         if layout == "deepseek" and np.may_share_memory(x, out):
             x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
-        name = x.dtype.name
-        if name in _CODECS:
-            load, store = _CODECS[name]
-            x, out = x.view(np.uint16), out.view(np.uint16)
-        else:
-            load, store = _load_float, _store_float
+        view = _RAW_VIEWS.get(x.dtype.name)
+        if view is not None:
+            x, out = x.view(view), out.view(view)
         _apply_rows(x, out, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim, -1.0 if inverse else 1.0,
-                    copy_rest, load, store)
+                    copy_rest)
 
 
 def make_backend() -> NumbaBackend:

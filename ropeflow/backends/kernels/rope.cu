@@ -12,8 +12,6 @@
 // * sincosf/sincos are the accurate CUDA math routines (no __sinf/__cosf intrinsics, whose error grows
 //   with the argument); exact mode takes the angle and the sin/cos in double and rounds once.
 
-#include <cuda_fp16.h>
-
 // Reference precision: float32 angle, float32 sincosf, float32 tables.
 extern "C" __global__ void rope_table_ref(const float* __restrict__ inv_freq, long long start,
                                           long long rows, int half, float divisor, float scale,
@@ -79,12 +77,26 @@ struct RopeTensor {
     long long out_sb, out_sh, out_ss, out_sd;
 };
 
+// float16 without <cuda_fp16.h> (so NVRTC needs no toolkit headers): raw bits, converted by PTX cvt,
+// from double with one round-to-nearest-even.
+struct rope_half {
+    unsigned short bits;
+};
+
 __device__ __forceinline__ double rope_load(const float* p) { return (double)*p; }
 __device__ __forceinline__ double rope_load(const double* p) { return *p; }
-__device__ __forceinline__ double rope_load(const __half* p) { return (double)__half2float(*p); }
+__device__ __forceinline__ double rope_load(const rope_half* p) {
+    double v;
+    asm("cvt.f64.f16 %0, %1;" : "=d"(v) : "h"(p->bits));
+    return v;
+}
 __device__ __forceinline__ void rope_store(float* p, double v) { *p = (float)v; }
 __device__ __forceinline__ void rope_store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void rope_store(__half* p, double v) { *p = __double2half(v); }
+__device__ __forceinline__ void rope_store(rope_half* p, double v) {
+    unsigned short bits;
+    asm("cvt.rn.f16.f64 %0, %1;" : "=h"(bits) : "d"(v));
+    p->bits = bits;
+}
 
 // Kernel arguments are plain pointers and scalars (no struct by value), in this order per tensor:
 // in, out, rows, heads, in strides (b, h, s, d), out strides (b, h, s, d).
@@ -151,7 +163,7 @@ ROPE_APPLY_INSTANCE(float, float, 2)
 ROPE_APPLY_INSTANCE(double, double, 0)
 ROPE_APPLY_INSTANCE(double, double, 1)
 ROPE_APPLY_INSTANCE(double, double, 2)
-ROPE_APPLY_INSTANCE(__half, float, 0)
-ROPE_APPLY_INSTANCE(__half, float, 1)
-ROPE_APPLY_INSTANCE(__half, float, 2)
+ROPE_APPLY_INSTANCE(rope_half, float, 0)
+ROPE_APPLY_INSTANCE(rope_half, float, 1)
+ROPE_APPLY_INSTANCE(rope_half, float, 2)
 #endif
