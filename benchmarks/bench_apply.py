@@ -71,7 +71,7 @@ def cpu_main(repeats):
             if torch is not None:
                 cos, sin = ropeflow.RotaryEmbedding(shape[-1], TABLE_LEN, backend="numpy").cos_sin(TABLE_LEN)
                 tdt = torch.float32 if dtype == np.float32 else torch.float16
-                tc, ts = torch.from_numpy(np.asarray(cos)).to(tdt), torch.from_numpy(np.asarray(sin)).to(tdt)
+                tc, ts = torch.from_numpy(np.array(cos)).to(tdt), torch.from_numpy(np.array(sin)).to(tdt)
                 tq, tk, tp = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(positions)
                 t_torch = best_of(lambda: (apply_rotary_half(tq, tc, ts, tp), apply_rotary_half(tk, tc, ts, tp)),
                                   repeats)

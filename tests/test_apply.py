@@ -116,14 +116,14 @@ def test_seed_deepseek_layout_matches_pytorch(backend):
     k = rng.standard_normal((2, 1, 7, 64)).astype(np.float32)
     cos, sin = _tables(100, 64)
     pos = rng.integers(0, 100, (2, 7))
-    tq, tk = apply_rotary_pos_emb(*(torch.from_numpy(a) for a in (q, k, cos, sin, pos)))
+    tq, tk = apply_rotary_pos_emb(*(torch.from_numpy(np.array(a)) for a in (q, k, cos, sin, pos)))
     rope = RotaryEmbedding(64, 100, backend=backend)
     oq, ok = rope.apply(xp.asarray(q), xp.asarray(k), xp.asarray(pos), layout="deepseek")
     # the reference rounds three times in float32; we round once: a couple of float32 ulps of |x|
     tol = 4 * np.finfo(np.float32).eps * (np.abs(q).max() + 1)
     assert np.abs(to_numpy(oq) - tq.numpy()).max() <= tol
     assert np.abs(to_numpy(ok) - tk.numpy()).max() <= tol
-    th = apply_rotary_half(torch.from_numpy(q), torch.from_numpy(cos), torch.from_numpy(sin), torch.from_numpy(pos))
+    th = apply_rotary_half(*(torch.from_numpy(np.array(a)) for a in (q, cos, sin, pos)))
     oh, _ = rope.apply(xp.asarray(q), position_ids=xp.asarray(pos), layout="half")
     assert np.abs(to_numpy(oh) - th.numpy()).max() <= tol
 

@@ -58,3 +58,46 @@ def test_libm_fallback_for_huge_float32_angles():
         assert angle >= _numba.POLY_MAX_ANGLE
         ts, tc = _truth(angle)
         assert abs(cos[r, 0] - tc) <= 2**-24 and abs(sin[r, 0] - ts) <= 2**-24
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_half_precision_codecs_round_once_to_nearest_even(name):
+    """Every 16-bit pattern decodes exactly; float64 values (random, representable, midpoints, edges) encode
+    to the correctly rounded bits (ties to even, overflow to inf)."""
+    if name == "bfloat16":
+        dt = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+        load, store = (lambda b: _numba._decode(np.int64(b), 7, 127)), (lambda v: _numba._encode(v, 7, 127))
+    else:
+        from numba import njit
+
+        dt = np.dtype(np.float16)
+        load, store = njit(lambda b: _numba._f16_to_f64(b)), (lambda v: _numba._encode(v, 10, 15))
+    bits = np.arange(65536, dtype=np.uint16)
+    values = bits.view(dt).astype(np.float64)
+    decoded = np.array([load(b) for b in bits])
+    np.testing.assert_array_equal(decoded, values)
+    finite = np.sort(np.unique(values[np.isfinite(values)]))
+    mids = ((finite[:-1] + finite[1:]) / 2)[::5]  # exact ties (every 5th): must round to the even neighbour
+    rng = np.random.default_rng(7)
+    samples = np.concatenate([finite[::5], mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
+                              rng.standard_normal(4000) * 10.0 ** rng.integers(-12, 8, 4000),
+                              [np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300]])
+    got = np.array([store(v) for v in samples], dtype=np.uint16)
+    # the expected bits: nearest representable by exact comparison in float64 (ties to even mantissa)
+    sorted_vals = finite
+    for v, g in zip(samples, got, strict=True):
+        if np.isinf(v) or abs(v) > finite.max():
+            top = finite.max()
+            gap = top - finite[-2]
+            expect_inf = np.isinf(v) or abs(v) >= top + gap / 2
+            if expect_inf:
+                assert np.isinf(np.array([g], np.uint16).view(dt)[0].astype(np.float64)), v
+                continue
+        i = np.searchsorted(sorted_vals, v)
+        cands = [sorted_vals[k] for k in (i - 1, i) if 0 <= k < len(sorted_vals)]
+        best = min(abs(c - v) for c in cands)
+        nearest = [c for c in cands if abs(c - v) == best]
+        g_val = np.array([g], np.uint16).view(dt)[0].astype(np.float64)
+        assert g_val in nearest, (v, g_val, nearest)
+        if len(nearest) == 2 and nearest[0] != nearest[1]:
+            assert int(g) & 1 == 0 or g_val == 0, (v, hex(g))
