@@ -10,10 +10,7 @@ of ``--repeats`` (>= 20) after a warm-up, CUDA events. Not a test: nothing here 
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +18,7 @@ import numpy as np
 _ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(_ROOT), str(_ROOT / "tests"), str(_ROOT / "benchmarks")]
 
-from bench_tables import describe_cpu  # noqa: E402
+from _common import best_of, cupy_median, describe_cpu, run, torch_cuda_median  # noqa: E402
 
 import ropeflow  # noqa: E402
 
@@ -36,16 +33,6 @@ def _inputs(shape, dtype, xp=np):
     offsets = rng.integers(0, TABLE_LEN - shape[2], shape[0])
     positions = offsets[:, None] + np.arange(shape[2])[None, :]
     return xp.asarray(q), xp.asarray(k), offsets, positions
-
-
-def best_of(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def cpu_main(repeats):
@@ -66,7 +53,7 @@ def cpu_main(repeats):
             for name in ("numpy", "numba"):
                 rope = ropeflow.RotaryEmbedding(shape[-1], TABLE_LEN, backend=name)
                 rope.cos_sin(TABLE_LEN)
-                timings[name] = best_of(lambda: rope.apply(q, k, offset=offsets), repeats)
+                timings[name] = best_of(lambda: rope.apply(q, k, offset=offsets), repeats, warmup=True)
             t_torch = float("nan")
             if torch is not None:
                 cos, sin = ropeflow.RotaryEmbedding(shape[-1], TABLE_LEN, backend="numpy").cos_sin(TABLE_LEN)
@@ -74,8 +61,8 @@ def cpu_main(repeats):
                 tc, ts = torch.from_numpy(np.array(cos)).to(tdt), torch.from_numpy(np.array(sin)).to(tdt)
                 tq, tk, tp = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(positions)
                 t_torch = best_of(lambda: (apply_rotary_half(tq, tc, ts, tp), apply_rotary_half(tk, tc, ts, tp)),
-                                  repeats)
-            t_copy = best_of(lambda: (q.copy(), k.copy()), repeats)
+                                  repeats, warmup=True)
+            t_copy = best_of(lambda: (q.copy(), k.copy()), repeats, warmup=True)
             nb = timings["numba"]
             print(f"{label:8s} {np.dtype(dtype).name:8s} {t_torch * 1e3:9.3f} {timings['numpy'] * 1e3:9.3f} "
                   f"{nb * 1e3:9.3f} {t_copy * 1e3:8.3f}  {t_torch / nb:10.2f}x {timings['numpy'] / nb:11.2f}x "
@@ -97,19 +84,6 @@ def gpu_main(repeats):
                                                                           else ""))
     print(f"median of {repeats} after warm-up (CUDA events); bandwidth = bytes read + written / time\n")
 
-    def timed(fn):
-        fn()
-        cupy.cuda.Device().synchronize()
-        times = []
-        for _ in range(repeats):
-            a, b = cupy.cuda.Event(), cupy.cuda.Event()
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(a, b) / 1e3)
-        return statistics.median(times)
-
     print(f"{'case':8s} {'dtype':8s} {'kernel ms':>10s} {'torch ms':>9s} {'copy ms':>8s} {'kernel GB/s':>11s}"
           f" {'copy GB/s':>9s}  torch/kernel  kernel/copy bandwidth")
     for label, shape in CASES:
@@ -123,8 +97,8 @@ def gpu_main(repeats):
             cos, sin = rope.cos_sin(TABLE_LEN)
             jq = prepare(q, cos, sin, offset=cupy.asarray(offsets), out=qo, backend="cupy")
             jk = prepare(k, cos, sin, offset=cupy.asarray(offsets), out=ko, backend="cupy")
-            t_k = timed(lambda: jq.run(jk))
-            t_copy = timed(lambda: (qo.__setitem__(Ellipsis, q), ko.__setitem__(Ellipsis, k)))
+            t_k = cupy_median(lambda: jq.run(jk))
+            t_copy = cupy_median(lambda: (qo.__setitem__(Ellipsis, q), ko.__setitem__(Ellipsis, k)))
             t_torch = float("nan")
             if torch_cuda:
                 tdt = torch.float32 if dtype == np.float32 else torch.float16
@@ -133,34 +107,13 @@ def gpu_main(repeats):
                 tq = torch.as_tensor(cupy.asnumpy(q), device="cuda")
                 tk = torch.as_tensor(cupy.asnumpy(k), device="cuda")
                 tp = torch.as_tensor(positions, device="cuda")
-                fn = lambda: (apply_rotary_half(tq, tc, ts, tp), apply_rotary_half(tk, tc, ts, tp))  # noqa: E731
-                fn()
-                torch.cuda.synchronize()
-                times = []
-                for _ in range(repeats):
-                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    a.record()
-                    fn()
-                    b.record()
-                    b.synchronize()
-                    times.append(a.elapsed_time(b) / 1e3)
-                t_torch = statistics.median(times)
+                t_torch = torch_cuda_median(
+                    lambda: (apply_rotary_half(tq, tc, ts, tp), apply_rotary_half(tk, tc, ts, tp)), repeats)
             moved = 2 * (q.nbytes + k.nbytes)  # read and write q and k (tables are small, cached)
             print(f"{label:8s} {np.dtype(dtype).name:8s} {t_k * 1e3:10.4f} {t_torch * 1e3:9.4f} {t_copy * 1e3:8.4f} "
                   f"{moved / t_k / 1e9:11.1f} {moved / t_copy / 1e9:9.1f}  {t_torch / t_k:11.2f}x "
                   f"{t_copy / t_k:10.2f}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["cpu", "cupy"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
-    if args.backend == "cupy":
-        gpu_main(args.repeats or 30)
-    else:
-        cpu_main(args.repeats or 7)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, cpu_main, gpu_main)

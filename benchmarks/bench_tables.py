@@ -10,11 +10,6 @@ Not a test: nothing here asserts a timing.
 
 from __future__ import annotations
 
-import argparse
-import gc
-import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -23,22 +18,14 @@ from pathlib import Path
 import numpy as np
 
 _ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(_ROOT), str(_ROOT / "tests")]
+sys.path[:0] = [str(_ROOT), str(_ROOT / "tests"), str(_ROOT / "benchmarks")]
+
+from _common import best_of, cupy_median, describe_cpu, run, torch_cuda_median  # noqa: E402
 
 import ropeflow  # noqa: E402
 
 CPU_SIZES = [(4096, 64), (32768, 64), (131072, 64), (131072, 128)]
 GPU_SIZES = [(4096, 64), (163840, 64), (131072, 128), (1048576, 128)]
-
-
-def best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def ropeflow_build(backend: str, n: int, dim: int, precision: str = "reference"):
@@ -55,18 +42,6 @@ def memory_floor(n: int, dim: int):
         np.empty((n, dim), np.float32).fill(1.0)
 
     return run
-
-
-def describe_cpu() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}"
 
 
 def cpu_main(repeats: int) -> None:
@@ -152,19 +127,6 @@ def gpu_main(repeats: int) -> None:
           + (f", torch {torch.__version__}" if torch else ""))
     print(f"median of {repeats} after warm-up, CUDA events; bandwidth = bytes written / time\n")
 
-    def timed(fn) -> float:
-        fn()
-        cupy.cuda.Device().synchronize()
-        times = []
-        for _ in range(repeats):
-            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-        return statistics.median(times)
-
     from ropeflow.backends import get_backend
     from ropeflow.scaling import compute_frequencies
 
@@ -176,45 +138,21 @@ def gpu_main(repeats: int) -> None:
         prepared = impl.prepare(freqs, dev.id)
         cos = cupy.empty((n, dim), cupy.float32)
         sin = cupy.empty((n, dim), cupy.float32)
-        t_k = timed(lambda: impl.build_rows(prepared, 0, cos, sin))
+        t_k = cupy_median(lambda: impl.build_rows(prepared, 0, cos, sin))
         src = cupy.ones((n, dim), cupy.float32)
         dst = cupy.empty_like(src)
         src2, dst2 = src.copy(), cupy.empty_like(src)
-        t_copy = timed(lambda: (dst.__setitem__(Ellipsis, src), dst2.__setitem__(Ellipsis, src2)))
+        t_copy = cupy_median(lambda: (dst.__setitem__(Ellipsis, src), dst2.__setitem__(Ellipsis, src2)))
         t_torch = float("nan")
         if torch_cuda:
             ref = DeepseekV3RotaryEmbedding(dim, 16, 10000.0, device="cuda")
 
-            def run_torch():
-                ref._set_cos_sin_cache(n, "cuda", torch.float32)
-
-            run_torch()
-            torch.cuda.synchronize()
-            times = []
-            for _ in range(repeats):
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                run_torch()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b) / 1e3)
-            t_torch = statistics.median(times)
+            t_torch = torch_cuda_median(lambda: ref._set_cos_sin_cache(n, "cuda", torch.float32), repeats)
         written = 2 * n * dim * 4
         bw_k, bw_copy = written / t_k / 1e9, 2 * written / t_copy / 1e9  # copy reads and writes
         print(f"{n:>9d} x {dim:<4d} {t_k * 1e3:10.3f} {t_torch * 1e3:9.3f} {t_copy * 1e3:8.3f} {bw_k:11.1f} "
               f"{bw_copy:9.1f}  {t_torch / t_k:11.2f}x {written / t_k / (written / t_copy):10.2f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["cpu", "cupy"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
-    if args.backend == "cupy":
-        gpu_main(args.repeats or 30)
-    else:
-        cpu_main(args.repeats or 7)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, cpu_main, gpu_main)
