@@ -22,7 +22,7 @@ from .backends import resolve
 LAYOUTS = ("half", "interleaved", "deepseek")
 
 
-def _as_4d(a: Any, seq_axis: int, name: str) -> Any:
+def as_4d(a: Any, seq_axis: int, name: str) -> Any:
     """A ``(batch, heads, seq, head_dim)`` view of ``a`` (no copy)."""
     if seq_axis == -2:
         if a.ndim < 2 or a.ndim > 4:
@@ -37,7 +37,7 @@ def _as_4d(a: Any, seq_axis: int, name: str) -> Any:
     return a.transpose(0, 2, 1, 3)
 
 
-def _positions(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int) -> Any:
+def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int) -> Any:
     """``(batch, seq)`` int64 table rows, validated against the table length."""
     if position_ids is not None:
         if not hasattr(position_ids, "dtype"):
@@ -198,12 +198,12 @@ def prepare(
             raise ValueError(f"out: shape {tuple(out.shape)} dtype {out.dtype} must equal x's shape "
                              f"{tuple(x.shape)} dtype {x.dtype}")
     impl = resolve(backend, x)
-    x4 = _as_4d(x, seq_axis, "x")
+    x4 = as_4d(x, seq_axis, "x")
     n_batch, _, n_seq, _ = x4.shape
-    positions = _positions(xp, position_ids, offset, int(n_batch), int(n_seq), int(cos.shape[0]))
+    positions = positions_of(xp, position_ids, offset, int(n_batch), int(n_seq), int(cos.shape[0]))
     if out is None:
         out = xp.empty_like(x)
-    out4 = _as_4d(out, seq_axis, "out")
+    out4 = as_4d(out, seq_axis, "out")
     cos, sin = _table_dtype(xp, cos, x.dtype), _table_dtype(xp, sin, x.dtype)
     return RotaryJob(impl, x4, out, out4, cos, sin, positions, layout, int(rotary_dim), bool(inverse))
 

@@ -189,21 +189,16 @@ class RotaryEmbedding:
         Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,
         which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
         """
-        from .apply import prepare
+        from .apply import as_4d, positions_of, prepare
 
         xp = _xp.namespace(q)
-        n_seq = int(q.shape[seq_axis]) if q.ndim >= -seq_axis else 0
-        if position_ids is not None:
-            ids = position_ids if hasattr(position_ids, "dtype") else xp.asarray(position_ids)
-            longest = int(xp.max(ids)) + 1 if ids.size else 0
-        elif isinstance(offset, (int, np.integer)) and not isinstance(offset, bool):
-            longest = int(offset) + n_seq
-        else:
-            off = offset if hasattr(offset, "dtype") else xp.asarray(offset)
-            longest = (int(xp.max(off)) + n_seq) if off.size else n_seq
+        q4 = as_4d(q, seq_axis, "q")
+        # validate the positions before any table is built: a failed call caches nothing
+        positions = positions_of(xp, position_ids, offset, int(q4.shape[0]), int(q4.shape[2]), sys.maxsize)
+        longest = int(xp.max(positions)) + 1 if positions.size else 0
         table_dtype = "float64" if _xp.dtype_name(q.dtype, "q.dtype") == "float64" else "float32"
         backend = resolve(self._requested_backend, q)
-        cos, sin = self._serve(backend, _xp.device_key(q), max(longest, 0), table_dtype, xp,
+        cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, xp,
                                _xp.numpy_dtype(table_dtype))
         kwargs = dict(offset=offset, layout=layout, rotary_dim=self.dim, seq_axis=seq_axis, backend=backend.name)
         q_job = prepare(q, cos, sin, position_ids, **kwargs)

@@ -278,3 +278,13 @@ def test_mixed_array_libraries():
     cos, sin = _tables(10, 8)
     with pytest.raises(TypeError, match="use one library"):
         apply_rotary(cupy.zeros((3, 8), cupy.float32), cos, sin)
+
+
+def test_failed_embedding_apply_builds_nothing():
+    rope = RotaryEmbedding(8, 16)
+    q = np.zeros((1, 1, 3, 8), np.float32)
+    with pytest.raises(TypeError, match="position_ids: expected an integer array"):
+        rope.apply(q, position_ids=np.array([0.0, 5.0, 900.0]))
+    with pytest.raises(ValueError, match="smallest position of -4"):
+        rope.apply(q, offset=-4)
+    assert rope.cache_info()["builds"] == 0 and rope.max_seq_len_cached is None
