@@ -47,7 +47,7 @@ def demo(seq_len: int = 163840, dim: int = 64, base: float = 10000.0) -> int:
     print(f"standard RoPE table: {seq_len} positions x dim {dim}, base {base:g}, float32, reference precision\n")
     results = {}
     for name in backends:
-        RotaryEmbedding(dim, seq_len, base, backend=name).cos_sin(8)  # warm-up: JIT / NVRTC compile
+        RotaryEmbedding(dim, seq_len, base, backend=name).cos_sin(seq_len)  # warm-up: compile, first touch
         results[name] = _build_seconds(name, dim, base, seq_len)
     ref_cos, ref_sin = results["numpy"][1], results["numpy"][2]
     print("best of 3 cold builds (allocation included)")
