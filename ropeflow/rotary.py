@@ -200,9 +200,10 @@ class RotaryEmbedding:
         backend = resolve(self._requested_backend, q)
         cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, xp,
                                _xp.numpy_dtype(table_dtype))
-        kwargs = dict(offset=offset, layout=layout, rotary_dim=self.dim, seq_axis=seq_axis, backend=backend.name)
-        q_job = prepare(q, cos, sin, position_ids, **kwargs)
-        k_job = None if k is None else prepare(k, cos, sin, position_ids, **kwargs)
+        # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
+        kwargs = dict(layout=layout, rotary_dim=self.dim, seq_axis=seq_axis, backend=backend.name)
+        q_job = prepare(q, cos, sin, positions, **kwargs)
+        k_job = None if k is None else prepare(k, cos, sin, positions, **kwargs)
         q_job.run(k_job)
         return q_job.out, None if k_job is None else k_job.out
 
