@@ -77,9 +77,8 @@ class Table:
             if snap.rows >= n and snap.cos is not None:
                 return snap
             old = snap.rows
-            new = max(n, 2 * old) if self.grow else n
-            new = min(new, 2 * n, self.limit) if self.grow else new
-            new = max(new, n)
+            # geometric growth, capped at twice the request and at the limit (never below the request)
+            new = max(n, min(2 * old, 2 * n, self.limit)) if self.grow else n
             dim = 2 * self.freqs.inv_freq.shape[0]
             cos = self.backend.empty((new, dim), self.dtype, self.device)
             sin = self.backend.empty((new, dim), self.dtype, self.device)
@@ -101,7 +100,7 @@ class Table:
         if dtype_name == self._dtype_name:
             return snap.cos[:n], snap.sin[:n]
         cast = self._casts.get(dtype_name)
-        if cast is None or cast.rows < n or cast.rows != snap.rows:
+        if cast is None or cast.rows != snap.rows:
             with self._lock:
                 snap = self._snapshot
                 cast = self._casts.get(dtype_name)

@@ -13,6 +13,7 @@ Design rules (after einops' ``_backends.py``):
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import Any, Protocol
 
@@ -56,6 +57,7 @@ def get_backend(name: str) -> Any:
     return backend
 
 
+@functools.cache
 def host_default() -> str:
     """The host backend ``"auto"`` picks: numba when it imports, else numpy."""
     try:
@@ -65,17 +67,12 @@ def host_default() -> str:
     return "numba"
 
 
-_host_default: list[str] = []
-
-
 def resolve(requested: str, x: Any = None) -> Any:
     """The backend that serves ``x`` (or host tables when ``x`` is None) for a ``backend=`` request."""
     if requested == "auto":
         if x is not None and is_cupy(x):
             return get_backend("cupy")
-        if not _host_default:
-            _host_default.append(host_default())
-        return _instances.get(_host_default[0]) or get_backend(_host_default[0])
+        return get_backend(host_default())
     backend = get_backend(requested)
     if x is not None:
         if backend.is_host and not is_numpy(x):

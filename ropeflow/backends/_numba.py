@@ -19,7 +19,6 @@ kernel with libm ``sin``/``cos``.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,6 @@ from .._xp import same_view
 from ..scaling import Frequencies
 
 try:
-    import numba
     from llvmlite import ir as llvm_ir
     from numba import njit, prange
     from numba.core import types
@@ -162,8 +160,6 @@ def _table_rows_f64(inv_freq, start, divisor, scale, use_libm, cos_out, sin_out)
 # ------------------------------------------------------------------------------------------- rotation
 # Numba has no float16 or bfloat16: such arrays are passed as uint16 views and decoded/encoded here with
 # round-to-nearest-even, directly from the float64 result (one rounding).
-_F16 = (10, 15)  # (mantissa bits, exponent bias)
-_BF16 = (7, 127)
 
 
 @intrinsic
@@ -339,10 +335,6 @@ _RAW_VIEWS = {"float16": np.uint16, "bfloat16": np.int16}
 class NumbaBackend:
     name = "numba"
     is_host = True
-
-    def __init__(self) -> None:
-        self.version = numba.__version__
-        self.threads = numba.config.NUMBA_NUM_THREADS if hasattr(numba, "config") else os.cpu_count()
 
     def empty(self, shape: tuple[int, ...], dtype: Any, device: Any = "cpu") -> np.ndarray:
         return np.empty(shape, dtype=dtype)
