@@ -80,8 +80,14 @@ class Table:
             # geometric growth, capped at twice the request and at the limit (never below the request)
             new = max(n, min(2 * old, 2 * n, self.limit)) if self.grow else n
             dim = 2 * self.freqs.inv_freq.shape[0]
-            cos = self.backend.empty((new, dim), self.dtype, self.device)
-            sin = self.backend.empty((new, dim), self.dtype, self.device)
+            try:
+                cos = self.backend.empty((new, dim), self.dtype, self.device)
+                sin = self.backend.empty((new, dim), self.dtype, self.device)
+            except MemoryError:
+                raise MemoryError(
+                    f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
+                    f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"
+                ) from None
             if old:
                 cos[:old] = snap.cos[:old]
                 sin[:old] = snap.sin[:old]
@@ -127,11 +133,19 @@ _registry_lock = threading.Lock()
 
 def shared_table(backend: Any, device: Any, freqs: Frequencies, dtype: np.dtype, limit: int,
                  grow: bool = True) -> Table:
-    """The one table for this key, created on first use and shared by every caller while alive."""
-    key = (backend.name, device, freqs.key(), np.dtype(dtype).str, limit, grow)
+    """The one table for this key if some caller holds it, else a new one, not yet shared: a caller
+    :func:`publish` shares it once it served a call, so a failed call leaves the registry as it was."""
     with _registry_lock:
-        table = _registry.get(key)
-        if table is None:
-            table = Table(backend, device, freqs, np.dtype(dtype), limit, grow)
-            _registry[key] = table
-        return table
+        table = _registry.get(_key(backend, device, freqs, dtype, limit, grow))
+    return table if table is not None else Table(backend, device, freqs, np.dtype(dtype), limit, grow)
+
+
+def publish(table: Table) -> None:
+    """Share ``table`` with every later caller of :func:`shared_table` with its key (first one wins)."""
+    key = _key(table.backend, table.device, table.freqs, table.dtype, table.limit, table.grow)
+    with _registry_lock:
+        _registry.setdefault(key, table)
+
+
+def _key(backend: Any, device: Any, freqs: Frequencies, dtype: Any, limit: int, grow: bool) -> tuple:
+    return (backend.name, device, freqs.key(), np.dtype(dtype).str, limit, grow)

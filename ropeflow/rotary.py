@@ -6,6 +6,7 @@ The math lives in :mod:`ropeflow.scaling` (frequencies) and the backends (tables
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections import OrderedDict
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import _xp
-from ._cache import Table, shared_table
+from ._cache import Table, publish, shared_table
 from .backends import BACKEND_NAMES, get_backend, resolve
 from .scaling import (
     PRECISIONS,
@@ -33,7 +34,6 @@ from .scaling import (
 DYNAMIC_POLICIES = ("stateless", "reference", "hf")
 #: Reference precision computes positions as float32 integers: exact only below 2**24.
 REFERENCE_MAX_POSITIONS = 2**24
-_RECENT_DYNAMIC_TABLES = 4
 
 
 def _check_seq_len(seq_len: Any) -> int:
@@ -109,11 +109,13 @@ class RotaryEmbedding:
         self._requested_backend = backend
         self._backend_name = backend if backend != "auto" else None
         self._lock = threading.Lock()
-        self._held: dict[tuple, Table] = {}
+        # (backend, device, storage dtype, frequencies, exact length) -> table, least recently used first
+        self._tables: OrderedDict[tuple, Table] = OrderedDict()
+        # (backend, device, storage dtype) -> the longest length asked: the group holds at most twice its rows
+        self._longest: dict[tuple, int] = {}
         # (backend, device, dtype) -> table, for configurations whose frequencies never change: a cache hit
         # then costs two dict lookups and a slice.
         self._fixed: dict[tuple, Table] = {}
-        self._recent: OrderedDict[tuple, Table] = OrderedDict()
         self._freqs_by_len: dict[int | None, Frequencies] = {}
         self._base_freqs = self._frequencies(None)
         self._current = self._base_freqs
@@ -221,7 +223,7 @@ class RotaryEmbedding:
 
     def cache_info(self) -> dict[str, int]:
         """Totals over the tables this instance holds: ``builds``, ``rows_computed``, ``casts``, ``tables``."""
-        tables = {id(t): t for t in list(self._held.values()) + list(self._recent.values())}.values()
+        tables = {id(t): t for t in self._tables.values()}.values()
         return {
             "tables": len(tables),
             "builds": sum(t.stats.builds for t in tables),
@@ -242,8 +244,13 @@ class RotaryEmbedding:
         """Frequencies of this configuration when serving ``length`` positions (memoized)."""
         freqs = self._freqs_by_len.get(length)
         if freqs is None:
-            freqs = compute_frequencies(self.scaling, self.dim, self.base, self.max_position_embeddings,
-                                        self.precision, length)
+            try:
+                freqs = compute_frequencies(self.scaling, self.dim, self.base, self.max_position_embeddings,
+                                            self.precision, length)
+            except OverflowError as exc:
+                raise ValueError(f"seq_len: the frequencies for {length} positions overflow ({exc})") from None
+            if not (np.all(np.isfinite(freqs.inv_freq)) and math.isfinite(freqs.attention_scaling)):
+                raise ValueError(f"seq_len: the frequencies for {length} positions are not finite")
             if length is None or len(self._freqs_by_len) < 64:
                 self._freqs_by_len[length] = freqs
         return freqs
@@ -255,84 +262,106 @@ class RotaryEmbedding:
             return np.dtype(np.float32)
         return np.dtype(np.float64)
 
-    def _choose(self, seq_len: int) -> tuple[Frequencies, int | None]:
-        """The frequencies for this call and, for exact-length tables, their length; updates policy state.
+    def _plan(self, seq_len: int) -> tuple[Frequencies, int | None, int | None, dict[str, Any]]:
+        """What serving ``seq_len`` positions needs, without changing anything.
 
-        Returns ``(freqs, exact_len)``: ``exact_len`` is None for the growable tables of fixed frequencies.
+        Returns ``(freqs, exact_len, row_limit, state)``: ``exact_len`` is the length of an exact-length table
+        (None: a growable table of fixed frequencies), ``row_limit`` caps the growth of a growable table that
+        only ever serves lengths up to it (None: no cap), and ``state`` the policy attributes to commit once
+        the table is in hand.
         """
         cfg = self.scaling
         L = self.max_position_embeddings
+        cached = self.max_seq_len_cached
         if isinstance(cfg, LongRopeScaling):
             _, original = longrope_factor_and_original(cfg, L)
-            key = seq_len if seq_len > original else None
-            self.max_seq_len_cached = seq_len if self.max_seq_len_cached is None else max(
-                seq_len, self.max_seq_len_cached)
-            return self._frequencies(key), None
+            state = {"max_seq_len_cached": seq_len if cached is None else max(seq_len, cached)}
+            if seq_len > original:
+                return self._frequencies(seq_len), None, None, state
+            return self._frequencies(None), None, original, state
         if not isinstance(cfg, DynamicScaling):
-            return self._base_freqs, None
+            return self._base_freqs, None, None, {}
         policy = self.dynamic_policy
+        dynamic_len = self._dynamic_len
         if policy == "stateless":
-            self.max_seq_len_cached = seq_len
-            if seq_len <= L:
-                return self._base_freqs, None
-            return self._frequencies(seq_len), seq_len
-        if policy == "reference":
+            cached, dynamic_len = seq_len, (seq_len if seq_len > L else None)
+        elif policy == "reference":
             # DeepSeek-V3: rebuild when longer than the cache; inv_freq is replaced above L and never restored.
-            if self.max_seq_len_cached is None or seq_len > self.max_seq_len_cached:
-                self.max_seq_len_cached = seq_len
+            if cached is None or seq_len > cached:
+                cached = seq_len
                 if seq_len > L:
-                    self._dynamic_len = seq_len
+                    dynamic_len = seq_len
         else:  # "hf": transformers' dynamic_rope_update
-            if self.max_seq_len_cached is None:
-                self.max_seq_len_cached = L
-            if seq_len > self.max_seq_len_cached:
-                self._dynamic_len = seq_len
-                self.max_seq_len_cached = seq_len
-            if seq_len < L and self.max_seq_len_cached > L:
-                self._dynamic_len = None
-                self.max_seq_len_cached = L
-        if self._dynamic_len is None:
-            return self._base_freqs, None
-        return self._frequencies(self._dynamic_len), self._dynamic_len
+            if cached is None:
+                cached = L
+            if seq_len > cached:
+                dynamic_len = cached = seq_len
+            if seq_len < L and cached > L:
+                dynamic_len, cached = None, L
+        state = {"max_seq_len_cached": cached, "_dynamic_len": dynamic_len}
+        if dynamic_len is None:
+            return self._base_freqs, None, L, state
+        return self._frequencies(dynamic_len), dynamic_len, None, state
 
-    def _table(self, backend: Any, device: Any, freqs: Frequencies, exact_len: int | None, dtype_name: str
-               ) -> Table:
-        storage = self._storage_dtype(dtype_name)
+    def _table(self, backend: Any, device: Any, freqs: Frequencies, exact_len: int | None, row_limit: int | None,
+               storage: np.dtype) -> tuple[tuple, Table]:
+        """This instance's table for a plan (looked up, or made and not yet kept) and its key."""
         limit = REFERENCE_MAX_POSITIONS if self.precision == "reference" else sys.maxsize
-        key = (backend.name, device, freqs.key(), storage.str, exact_len)
-        table = self._held.get(key) or self._recent.get(key)
+        if row_limit is not None:
+            limit = min(limit, row_limit)
+        key = (backend.name, device, storage.str, freqs.key(), exact_len)
+        table = self._tables.get(key)
         if table is None:
             table = shared_table(backend, device, freqs, storage, limit, grow=exact_len is None)
-            if exact_len is None:
-                self._held[key] = table
-            else:
-                self._recent[key] = table
-                while len(self._recent) > _RECENT_DYNAMIC_TABLES:
-                    self._recent.popitem(last=False)
-        return table
+        return key, table
+
+    def _keep(self, key: tuple, table: Table, seq_len: int) -> None:
+        """Hold ``table`` (most recently used last) and drop the least recently used others of its group
+        while the group holds more than twice the rows of the longest length asked."""
+        self._tables[key] = table
+        self._tables.move_to_end(key)
+        self._longest[key[:3]] = longest = max(seq_len, self._longest.get(key[:3], 0))
+        group = [k for k in self._tables if k[:3] == key[:3]]
+        rows = sum(self._tables[k].capacity for k in group)
+        for k in group[:-1]:
+            if rows <= 2 * longest:
+                break
+            rows -= self._tables.pop(k).capacity
 
     def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any
                ) -> tuple[Any, Any]:
+        """``(cos, sin)`` for ``seq_len`` positions; a call that raises changes no state."""
+        fixed_key = (backend.name, device, dtype_name)
+        table = self._fixed.get(fixed_key)
+        if table is not None and seq_len <= table.limit:
+            return table.get(seq_len, dtype_name, xp_dtype, xp)
         if self.precision == "reference" and seq_len > REFERENCE_MAX_POSITIONS:
             raise ValueError(
                 f"seq_len: reference precision computes positions in float32, exact only below 2**24; got "
                 f"seq_len={seq_len} (positions up to {seq_len - 1}). Use precision='exact'."
             )
-        if dtype_name == "bfloat16" and not backend.is_host:
-            raise TypeError("dtype: bfloat16 is not supported on the cupy backend; use float16, float32 or float64")
-        fixed_key = (backend.name, device, dtype_name)
-        table = self._fixed.get(fixed_key)
-        if table is not None:
-            result = table.get(seq_len, dtype_name, xp_dtype, xp)
-            self.max_seq_len_cached = table.capacity
-            return result
         with self._lock:
-            freqs, exact_len = self._choose(seq_len)
-            table = self._table(backend, device, freqs, exact_len, dtype_name)
+            freqs, exact_len, row_limit, state = self._plan(seq_len)
+            key, table = self._table(backend, device, freqs, exact_len, row_limit, self._storage_dtype(dtype_name))
+            result = table.get(seq_len, dtype_name, xp_dtype, xp)  # may raise (memory): nothing committed yet
+            publish(table)
+            self._keep(key, table, seq_len)
+            for name, value in state.items():
+                setattr(self, name, value)
             self._current = freqs
             self._backend_name = backend.name
-        result = table.get(seq_len, dtype_name, xp_dtype, xp)
-        if not is_length_dependent(self.scaling):
-            self.max_seq_len_cached = table.capacity
-            self._fixed[fixed_key] = table
+            if not is_length_dependent(self.scaling):
+                self._fixed[fixed_key] = table
         return result
+
+    @property
+    def max_seq_len_cached(self) -> int | None:
+        """The seed's attribute: for fixed frequencies the rows of the largest table held; for dynamic NTK and
+        LongRoPE the policy's own record. None before the first call."""
+        if not is_length_dependent(self.scaling):
+            return max((t.capacity for t in self._tables.values()), default=None)
+        return self._max_seq_len_cached
+
+    @max_seq_len_cached.setter
+    def max_seq_len_cached(self, value: int | None) -> None:
+        self._max_seq_len_cached = value
