@@ -34,6 +34,25 @@ from .scaling import (
 DYNAMIC_POLICIES = ("stateless", "reference", "hf")
 #: Reference precision computes positions as float32 integers: exact only below 2**24.
 REFERENCE_MAX_POSITIONS = 2**24
+#: Bounds of the constructor's integers (beyond them nothing can be allocated or represented).
+MAX_DIM = 2**16
+MAX_POSITIONS = 2**62
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of the ``allowed`` strings: a TypeError for a non-string, else a ValueError."""
+    listed = ", ".join(map(repr, allowed))
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {listed}, got {value!r} ({type(value).__name__})")
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; allowed: {listed}")
+    return value
+
+
+def _check_head_dim(x: Any, dim: int, name: str) -> None:
+    if int(x.shape[-1]) < dim:
+        raise ValueError(f"{name}: head_dim {int(x.shape[-1])} (shape {tuple(x.shape)}) is smaller than the rotary "
+                         f"dim {dim} of this embedding")
 
 
 def _check_seq_len(seq_len: Any) -> int:
@@ -77,24 +96,17 @@ class RotaryEmbedding:
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
             raise TypeError(f"dim: expected a positive even int, got {dim!r} ({type(dim).__name__})")
-        if dim <= 0 or dim % 2:
-            raise ValueError(f"dim: must be a positive even integer, got {dim}")
+        if dim <= 0 or dim % 2 or dim > MAX_DIM:
+            raise ValueError(f"dim: must be a positive even integer <= {MAX_DIM}, got {dim}")
         if isinstance(max_position_embeddings, bool) or not isinstance(max_position_embeddings, (int, np.integer)):
             raise TypeError(f"max_position_embeddings: expected an int >= 1, got {max_position_embeddings!r}")
-        if max_position_embeddings < 1:
-            raise ValueError(f"max_position_embeddings: must be >= 1, got {max_position_embeddings}")
+        if not 1 <= max_position_embeddings <= MAX_POSITIONS:
+            raise ValueError(f"max_position_embeddings: must be >= 1 and <= 2**62, got {max_position_embeddings}")
         base = _check_number("base", base, minimum=1.0, strict=True)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: unknown precision {precision!r}; allowed: {', '.join(map(repr, PRECISIONS))}")
-        if dynamic_policy not in DYNAMIC_POLICIES:
-            raise ValueError(
-                f"dynamic_policy: unknown policy {dynamic_policy!r}; allowed: {', '.join(map(repr, DYNAMIC_POLICIES))}"
-            )
+        check_choice("precision", precision, PRECISIONS)
+        check_choice("dynamic_policy", dynamic_policy, DYNAMIC_POLICIES)
         if backend != "auto":
-            if not isinstance(backend, str) or backend not in BACKEND_NAMES:
-                raise ValueError(
-                    f"backend: unknown backend {backend!r}; allowed: 'auto', {', '.join(map(repr, BACKEND_NAMES))}"
-                )
+            check_choice("backend", backend, ("auto",) + BACKEND_NAMES)
             get_backend(backend)  # raises BackendUnavailableError with an install hint
         cfg: ScalingConfig | None = parse_scaling(scaling)
         if cfg is not None:
@@ -179,33 +191,52 @@ class RotaryEmbedding:
         dtype_name = _xp.dtype_name(x.dtype, "x.dtype")
         seq_len = int(x.shape[-2]) if seq_len is None else _check_seq_len(seq_len)
         backend = resolve(self._requested_backend, x)
-        return self._serve(backend, _xp.device_key(x), seq_len, dtype_name, xp, x.dtype)
+        dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+        return self._serve(backend, _xp.device_key(x), seq_len, dtype_name, xp, dtype)
 
     forward = __call__
 
     def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str = "half",
               seq_axis: int = -2) -> tuple[Any, Any]:
-        """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts may differ, as in grouped-query
-        attention; ``k=None`` rotates ``q`` alone) and return ``(q_rot, k_rot)``.
+        """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts and head dims may differ, as in
+        grouped-query attention; ``k=None`` rotates ``q`` alone) and return new arrays ``(q_rot, k_rot)``.
 
         Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,
-        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
+        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through. Every
+        argument is checked before any table is built: a call that raises changes nothing.
         """
-        from .apply import as_4d, positions_of, prepare
+        from .apply import as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
 
-        xp = _xp.namespace(q)
+        q = check_input(q, "q")
+        layout = check_layout(layout)
+        seq_axis = check_seq_axis(seq_axis)
         q4 = as_4d(q, seq_axis, "q")
-        # validate the positions before any table is built: a failed call caches nothing
-        positions = positions_of(xp, position_ids, offset, int(q4.shape[0]), int(q4.shape[2]), sys.maxsize)
-        longest = int(xp.max(positions)) + 1 if positions.size else 0
-        table_dtype = "float64" if _xp.dtype_name(q.dtype, "q.dtype") == "float64" else "float32"
+        _check_head_dim(q, self.dim, "q")
+        if k is not None:
+            k = check_input(k, "k")
+            if type(k) is not type(q):
+                raise TypeError(f"k: a {type(k).__module__} array with a {type(q).__module__} q; use one library")
+            if k.dtype != q.dtype:
+                raise TypeError(f"k: dtype {k.dtype} differs from q's {q.dtype}; rotate q and k in one dtype")
+            k4 = as_4d(k, seq_axis, "k")
+            if (k4.shape[0], k4.shape[2]) != (q4.shape[0], q4.shape[2]):
+                raise ValueError(f"k: shape {tuple(k.shape)} has (batch, seq) = {(k4.shape[0], k4.shape[2])}, q "
+                                 f"shape {tuple(q.shape)} has {(q4.shape[0], q4.shape[2])}; they must be equal")
+            _check_head_dim(k, self.dim, "k")
         backend = resolve(self._requested_backend, q)
-        cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, xp,
+        positions, longest = positions_of(_xp.array_module(q), position_ids, offset, int(q4.shape[0]),
+                                          int(q4.shape[2]), sys.maxsize)
+        if self.precision == "reference" and longest > REFERENCE_MAX_POSITIONS:
+            name = "offset" if position_ids is None else "position_ids"
+            raise ValueError(f"{name}: the largest position is {longest - 1}, but reference precision computes "
+                             "positions in float32, exact only below 2**24; use precision='exact'")
+        table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
+        cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, _xp.namespace(q),
                                _xp.numpy_dtype(table_dtype))
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
-        kwargs = dict(layout=layout, rotary_dim=self.dim, seq_axis=seq_axis, backend=backend.name)
-        q_job = prepare(q, cos, sin, positions, **kwargs)
-        k_job = None if k is None else prepare(k, cos, sin, positions, **kwargs)
+        job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
+        q_job = make_job(backend, q, None, *job_args)
+        k_job = None if k is None else make_job(backend, k, None, *job_args)
         q_job.run(k_job)
         return q_job.out, None if k_job is None else k_job.out
 

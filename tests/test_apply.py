@@ -235,7 +235,8 @@ def test_embedding_apply_partial_rotary_and_yarn():
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(position_ids=np.array([0, 1, 99])), ValueError,
      r"largest position is 99 but the cos/sin tables have 10 rows"),
-    (dict(position_ids=np.array([0, -1, 2])), ValueError, r"positions: must be >= 0, got a smallest position of -1"),
+    (dict(position_ids=np.array([0, -1, 2])), ValueError,
+     r"position_ids: positions must be >= 0, got a smallest position of -1"),
     (dict(position_ids=np.array([0.0, 1.0, 2.0])), TypeError, r"position_ids: expected an integer array"),
     (dict(position_ids=np.array([0, 1])), ValueError, r"position_ids: shape \(2,\) does not match seq length 3"),
     (dict(position_ids=np.zeros((3, 3), np.int64)), ValueError, r"does not match \(batch, seq\) = \(2, 3\)"),
