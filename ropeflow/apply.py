@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _xp
+from ._interop import from_native, to_native, to_native_or_none, writable_native
 from .backends import resolve
 
 #: Positions are int64 table rows.
@@ -174,12 +175,29 @@ def apply_rotary(
     out: destination of ``x``'s shape and dtype, writeable; ``out=x`` rotates in place. An ``out`` that
         partly overlaps ``x`` is computed as if ``x`` had been copied first.
 
+    Arrays may be NumPy, CuPy, torch tensors (CPU: zero-copy NumPy views; CUDA: zero-copy CuPy views) or JAX
+    arrays (CPU); the result is in ``x``'s library (with ``out``: ``out`` itself, rotated in place).
+
     The math is done in float64 and rounded once to ``x.dtype``.
     """
+    origin = caller_out = None
+    if type(x) is not np.ndarray:
+        x, origin = to_native(x, "x")
+    cos, sin = to_native_or_none(cos, "cos"), to_native_or_none(sin, "sin")
+    if position_ids is not None and type(position_ids) is not np.ndarray:
+        position_ids = to_native_or_none(position_ids, "position_ids")
+    if not isinstance(offset, int):
+        offset = to_native_or_none(offset, "offset")
+    if out is not None and type(out) is not np.ndarray:
+        caller_out = out
+        out, out_origin = to_native(out, "out")
+        writable_native(out, out_origin)
     job = prepare(x, cos, sin, position_ids, offset=offset, layout=layout, rotary_dim=rotary_dim, inverse=inverse,
                   out=out, seq_axis=seq_axis, backend=backend)
     job.run()
-    return job.out
+    if caller_out is not None:
+        return caller_out
+    return job.out if out is not None else from_native(job.out, origin)
 
 
 @dataclass

@@ -16,6 +16,7 @@ import numpy as np
 
 from . import _xp
 from ._cache import Table, publish, shared_table
+from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
 from .backends import BACKEND_NAMES, get_backend, resolve
 from .scaling import (
     PRECISIONS,
@@ -120,6 +121,7 @@ class RotaryEmbedding:
         self.dynamic_policy = dynamic_policy
         self._requested_backend = backend
         self._backend_name = backend if backend != "auto" else None
+        self._host_backend: Any = None  # the backend that serves host arrays, resolved on first use
         self._lock = threading.Lock()
         # (backend, device, storage dtype, frequencies, exact length) -> table, least recently used first
         self._tables: OrderedDict[tuple, Table] = OrderedDict()
@@ -182,17 +184,39 @@ class RotaryEmbedding:
     def __call__(self, x: Any, seq_len: int | None = None) -> tuple[Any, Any]:
         """``(cos, sin)`` of shape ``(seq_len, dim)`` in ``x.dtype``, same array library and device as ``x``.
 
-        x: any array of shape ``(..., seq, head_dim)`` (e.g. ``(batch, heads, seq, head_dim)``); only its
-            library, device and dtype are used. ``seq_len=None`` means ``x.shape[-2]``.
+        x: any array of shape ``(..., seq, head_dim)`` (e.g. ``(batch, heads, seq, head_dim)``): NumPy, CuPy,
+            a torch tensor or a JAX array; only its library, device and dtype are used. ``seq_len=None`` means
+            ``x.shape[-2]``. Torch and JAX callers get views of one memoized tensor per (library, device, dtype).
         """
+        origin = None
+        if type(x) is not np.ndarray:
+            meta = torch_cpu_metadata(x) if library_of(x) == "torch" else None
+            if meta is not None:  # only the dtype and shape are needed: no conversion
+                dtype, _, n_seq, origin = meta
+                return self._serve_host(n_seq, dtype, seq_len, origin)
+            x, origin = to_native(x, "x")
         xp = _xp.namespace(x)
         if x.ndim < 2:
             raise ValueError(f"x: needs at least 2 dimensions (..., seq, head_dim), got shape {tuple(x.shape)}")
+        if type(x) is np.ndarray:
+            return self._serve_host(x.shape[-2], x.dtype, seq_len, origin)
         dtype_name = _xp.dtype_name(x.dtype, "x.dtype")
         seq_len = int(x.shape[-2]) if seq_len is None else _check_seq_len(seq_len)
         backend = resolve(self._requested_backend, x)
-        dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
-        return self._serve(backend, _xp.device_key(x), seq_len, dtype_name, xp, dtype)
+        return self._serve(backend, _xp.device_key(x), seq_len, dtype_name, xp, x.dtype, origin)
+
+    def _serve_host(self, n_seq: int, dtype: np.dtype, seq_len: Any, origin: Any) -> tuple[Any, Any]:
+        """:meth:`__call__` for a host array of ``n_seq`` positions along its sequence axis and ``dtype``."""
+        dtype_name = _xp.dtype_name(dtype, "x.dtype")
+        seq_len = int(n_seq) if seq_len is None else _check_seq_len(seq_len)
+        backend = self._host_backend or self._resolve_host()
+        if not dtype.isnative:
+            dtype = dtype.newbyteorder("=")
+        return self._serve(backend, "cpu", seq_len, dtype_name, _xp.numpy_namespace(), dtype, origin)
+
+    def _resolve_host(self) -> Any:
+        self._host_backend = resolve(self._requested_backend, np.empty(0))  # a TypeError for backend="cupy"
+        return self._host_backend
 
     forward = __call__
 
@@ -207,6 +231,14 @@ class RotaryEmbedding:
         """
         from .apply import as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
 
+        origin = None
+        if type(q) is not np.ndarray:
+            q, origin = to_native(q, "q")
+        if k is not None and type(k) is not np.ndarray:
+            k = to_native(k, "k")[0]
+        position_ids = to_native_or_none(position_ids, "position_ids")
+        if not isinstance(offset, int):
+            offset = to_native_or_none(offset, "offset")
         q = check_input(q, "q")
         layout = check_layout(layout)
         seq_axis = check_seq_axis(seq_axis)
@@ -238,13 +270,25 @@ class RotaryEmbedding:
         q_job = make_job(backend, q, None, *job_args)
         k_job = None if k is None else make_job(backend, k, None, *job_args)
         q_job.run(k_job)
-        return q_job.out, None if k_job is None else k_job.out
+        return from_native(q_job.out, origin), None if k_job is None else from_native(k_job.out, origin)
 
-    def cos_sin(self, seq_len: int, dtype: Any = "float32") -> tuple[Any, Any]:
-        """The tables for ``seq_len`` positions without an input array: NumPy arrays on host backends, CuPy
-        arrays on the current device with ``backend="cupy"``."""
+    def cos_sin(self, seq_len: int, dtype: Any = "float32", *, like: Any = None) -> tuple[Any, Any]:
+        """The tables for ``seq_len`` positions, shape ``(seq_len, dim)``, in ``dtype``.
+
+        Without ``like``: NumPy arrays on host backends, CuPy arrays on the current device with
+        ``backend="cupy"``. With ``like`` (any array: NumPy, CuPy, torch, JAX): in its library and on its
+        device (its dtype is not used).
+        """
         seq_len = _check_seq_len(seq_len)
         dtype_name = _xp.dtype_name(dtype)
+        if like is not None:
+            origin = None
+            if type(like) is not np.ndarray:
+                like, origin = to_native(like, "like")
+            backend = resolve(self._requested_backend, like)
+            xp = _xp.namespace(like, "like")
+            return self._serve(backend, _xp.device_key(like), seq_len, dtype_name, xp,
+                               _xp.numpy_dtype(dtype_name), origin)
         backend = resolve(self._requested_backend)
         if backend.is_host:
             xp, xp_dtype, device = _xp.numpy_namespace(), _xp.numpy_dtype(dtype_name), "cpu"
@@ -359,13 +403,14 @@ class RotaryEmbedding:
                 break
             rows -= self._tables.pop(k).capacity
 
-    def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any
-               ) -> tuple[Any, Any]:
-        """``(cos, sin)`` for ``seq_len`` positions; a call that raises changes no state."""
+    def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any,
+               origin: Any = None) -> tuple[Any, Any]:
+        """``(cos, sin)`` for ``seq_len`` positions (in the ``origin``'s library when given); a call that raises
+        changes no state."""
         fixed_key = (backend.name, device, dtype_name)
         table = self._fixed.get(fixed_key)
         if table is not None and seq_len <= table.limit:
-            return table.get(seq_len, dtype_name, xp_dtype, xp)
+            return table.get(seq_len, dtype_name, xp_dtype, xp, origin)
         if self.precision == "reference" and seq_len > REFERENCE_MAX_POSITIONS:
             raise ValueError(
                 f"seq_len: reference precision computes positions in float32, exact only below 2**24; got "
@@ -374,7 +419,7 @@ class RotaryEmbedding:
         with self._lock:
             freqs, exact_len, row_limit, state = self._plan(seq_len)
             key, table = self._table(backend, device, freqs, exact_len, row_limit, self._storage_dtype(dtype_name))
-            result = table.get(seq_len, dtype_name, xp_dtype, xp)  # may raise (memory): nothing committed yet
+            result = table.get(seq_len, dtype_name, xp_dtype, xp, origin)  # may raise: nothing committed yet
             publish(table)
             self._keep(key, table, seq_len)
             for name, value in state.items():

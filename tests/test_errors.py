@@ -97,9 +97,3 @@ def test_failed_dynamic_call_changes_no_state():
     with pytest.raises(ValueError):
         rope.cos_sin(2**24 + 5)
     assert rope.max_seq_len_cached == 100
-
-
-def test_torch_tensor_gets_a_hint():
-    torch = pytest.importorskip("torch")
-    with pytest.raises(TypeError, match=r"torch.Tensor.*numpy\(\)"):
-        RotaryEmbedding(4)(torch.zeros(2, 4))
