@@ -105,8 +105,12 @@ class Table:
                 snap = self._snapshot
                 cast = self._casts.get(dtype_name)
                 if cast is None or cast.rows != snap.rows:
-                    cos = xp.astype(snap.cos, xp_dtype)
-                    sin = xp.astype(snap.sin, xp_dtype)
+                    cast_table = getattr(self.backend, "cast_table", None)
+                    if cast_table is None:
+                        cos, sin = xp.astype(snap.cos, xp_dtype), xp.astype(snap.sin, xp_dtype)
+                    else:  # on the table's device, float16/bfloat16 by the backend's own kernel
+                        cos, sin = cast_table(snap.cos, xp_dtype, self.device), cast_table(snap.sin, xp_dtype,
+                                                                                          self.device)
                     _make_read_only(cos, sin)
                     cast = _Snapshot(snap.rows, cos, sin)
                     self._casts[dtype_name] = cast

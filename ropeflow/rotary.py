@@ -318,8 +318,6 @@ class RotaryEmbedding:
                 f"seq_len: reference precision computes positions in float32, exact only below 2**24; got "
                 f"seq_len={seq_len} (positions up to {seq_len - 1}). Use precision='exact'."
             )
-        if dtype_name == "bfloat16" and not backend.is_host:
-            raise TypeError("dtype: bfloat16 is not supported on the cupy backend; use float16, float32 or float64")
         fixed_key = (backend.name, device, dtype_name)
         table = self._fixed.get(fixed_key)
         if table is not None:
