@@ -71,7 +71,12 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             base = xp.astype(offset, xp.int64)[:, None]
         pos = base + xp.arange(n_seq, dtype=xp.int64)[None, :]
     if pos.size:
-        lo, hi = int(xp.min(pos)), int(xp.max(pos))
+        if position_ids is None and isinstance(offset, (int, np.integer)):
+            lo, hi = int(offset), int(offset) + n_seq - 1  # known on the host: no reduction, no device sync
+        elif _xp.is_cupy(pos):
+            return pos  # device positions: guarded in the kernel (CupyBackend.check_errors), no device sync
+        else:
+            lo, hi = int(xp.min(pos)), int(xp.max(pos))
         if lo < 0:
             raise ValueError(f"positions: must be >= 0, got a smallest position of {lo}")
         if hi >= table_len:
@@ -200,9 +205,10 @@ def prepare(
     impl = resolve(backend, x)
     x4 = as_4d(x, seq_axis, "x")
     n_batch, _, n_seq, _ = x4.shape
-    positions = positions_of(xp, position_ids, offset, int(n_batch), int(n_seq), int(cos.shape[0]))
-    if out is None:
-        out = xp.empty_like(x)
+    with _xp.device_scope(x):  # CuPy allocates on the current device: make it x's
+        positions = positions_of(xp, position_ids, offset, int(n_batch), int(n_seq), int(cos.shape[0]))
+        if out is None:
+            out = xp.empty_like(x)
     out4 = as_4d(out, seq_axis, "out")
     cos, sin = _table_dtype(xp, cos, x.dtype), _table_dtype(xp, sin, x.dtype)
     return RotaryJob(impl, x4, out, out4, cos, sin, positions, layout, int(rotary_dim), bool(inverse))

@@ -194,8 +194,14 @@ class RotaryEmbedding:
         xp = _xp.namespace(q)
         q4 = as_4d(q, seq_axis, "q")
         # validate the positions before any table is built: a failed call caches nothing
-        positions = positions_of(xp, position_ids, offset, int(q4.shape[0]), int(q4.shape[2]), sys.maxsize)
-        longest = int(xp.max(positions)) + 1 if positions.size else 0
+        with _xp.device_scope(q):
+            positions = positions_of(xp, position_ids, offset, int(q4.shape[0]), int(q4.shape[2]), sys.maxsize)
+        if not positions.size:
+            longest = 0
+        elif position_ids is None and isinstance(offset, (int, np.integer)):
+            longest = int(offset) + int(q4.shape[2])  # known on the host: no device sync
+        else:
+            longest = int(xp.max(positions)) + 1
         table_dtype = "float64" if _xp.dtype_name(q.dtype, "q.dtype") == "float64" else "float32"
         backend = resolve(self._requested_backend, q)
         cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, xp,
