@@ -133,7 +133,12 @@ class Table:
         else:
             plain = self._casts.get(dtype_name)
             if plain is None or plain.rows != snap.rows:
-                cos, sin = xp.astype(snap.cos, xp_dtype), xp.astype(snap.sin, xp_dtype)
+                cast_table = getattr(self.backend, "cast_table", None)
+                if cast_table is None:
+                    cos, sin = xp.astype(snap.cos, xp_dtype), xp.astype(snap.sin, xp_dtype)
+                else:  # on the table's device, float16/bfloat16 by the backend's own kernel
+                    cos = cast_table(snap.cos, xp_dtype, self.device)
+                    sin = cast_table(snap.sin, xp_dtype, self.device)
                 _make_read_only(cos, sin)
                 self._casts[dtype_name] = _Snapshot(snap.rows, cos, sin)
                 self.stats.casts += 1

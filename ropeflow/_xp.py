@@ -6,6 +6,7 @@ Supported caller arrays are NumPy arrays (host backends) and CuPy arrays (the ``
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -70,6 +71,14 @@ def device_key(x: Any) -> int | str:
     if is_cupy(x):
         return int(x.device.id)
     return "cpu"
+
+
+def device_scope(x: Any) -> Any:
+    """A context manager making ``x``'s device current (CuPy allocates on the current device), a no-op for
+    NumPy arrays."""
+    if is_cupy(x):
+        return x.device
+    return contextlib.nullcontext()
 
 
 def bfloat16_dtype() -> np.dtype:

@@ -90,7 +90,10 @@ def _integer_array(xp: Any, value: Any, name: str) -> Any:
 def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int
                  ) -> tuple[Any, int]:
     """``(positions, longest)``: ``(batch, seq)`` int64 table rows, validated against ``table_len``, and the
-    largest position + 1 (0 for no positions). ``xp`` is the input's array module (numpy or cupy)."""
+    largest position + 1 (0 for no positions). ``xp`` is the input's array module (numpy or cupy).
+
+    Device (CuPy) ``position_ids`` are not read back to the host: ``longest`` is then None, and the kernel
+    guards every position against the table length instead (see ``CupyBackend.check_errors``)."""
     name = "position_ids" if position_ids is not None else "offset"
     if position_ids is not None:
         ids = _integer_array(xp, position_ids, "position_ids")
@@ -106,6 +109,9 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             raise ValueError(f"position_ids: expected shape (seq,) or (batch, seq), got {tuple(ids.shape)}")
         if ids.size == 0:
             return xp.zeros((n_batch, n_seq), dtype=np.int64), 0
+        if xp is not np:  # device positions: guarded in the kernel (CupyBackend.check_errors), no device sync
+            pos = ids.astype(np.int64, copy=False)
+            return (xp.broadcast_to(pos[None, :], (n_batch, n_seq)) if pos.ndim == 1 else pos), None
         lo, hi = int(ids.min()), int(ids.max())  # exact in the ids' own dtype: no uint64 wrap-around
         if lo < 0:
             raise ValueError(f"{name}: positions must be >= 0, got a smallest position of {lo}")
@@ -317,9 +323,10 @@ def prepare(
     impl = resolve(backend, x)
     x4 = as_4d(x, seq_axis, "x")
     n_batch, _, n_seq, _ = x4.shape
-    positions, _ = positions_of(_xp.array_module(x), position_ids, offset, int(n_batch), int(n_seq),
-                                int(cos.shape[0]))
-    return make_job(impl, x, out, seq_axis, cos, sin, positions, layout, rotary_dim, inverse)
+    with _xp.device_scope(x):  # CuPy allocates on the current device: make it x's
+        positions, _ = positions_of(_xp.array_module(x), position_ids, offset, int(n_batch), int(n_seq),
+                                    int(cos.shape[0]))
+        return make_job(impl, x, out, seq_axis, cos, sin, positions, layout, rotary_dim, inverse)
 
 
 def make_job(impl: Any, x: Any, out: Any, seq_axis: int, cos: Any, sin: Any, positions: Any, layout: str,

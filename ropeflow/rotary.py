@@ -256,8 +256,13 @@ class RotaryEmbedding:
                                  f"shape {tuple(q.shape)} has {(q4.shape[0], q4.shape[2])}; they must be equal")
             _check_head_dim(k, self.dim, "k")
         backend = resolve(self._requested_backend, q)
-        positions, longest = positions_of(_xp.array_module(q), position_ids, offset, int(q4.shape[0]),
-                                          int(q4.shape[2]), sys.maxsize)
+        with _xp.device_scope(q):
+            positions, longest = positions_of(_xp.array_module(q), position_ids, offset, int(q4.shape[0]),
+                                              int(q4.shape[2]), sys.maxsize)
+        if longest is None:  # device position_ids: the table length needs their maximum (one device sync)
+            longest = int(positions.max()) + 1
+            if longest - 1 < 0 or int(positions.min()) < 0:
+                raise ValueError("position_ids: positions must be >= 0")
         if self.precision == "reference" and longest > REFERENCE_MAX_POSITIONS:
             name = "offset" if position_ids is None else "position_ids"
             raise ValueError(f"{name}: the largest position is {longest - 1}, but reference precision computes "
@@ -267,8 +272,9 @@ class RotaryEmbedding:
                                _xp.numpy_dtype(table_dtype))
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
         job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
-        q_job = make_job(backend, q, None, *job_args)
-        k_job = None if k is None else make_job(backend, k, None, *job_args)
+        with _xp.device_scope(q):
+            q_job = make_job(backend, q, None, *job_args)
+            k_job = None if k is None else make_job(backend, k, None, *job_args)
         q_job.run(k_job)
         return from_native(q_job.out, origin), None if k_job is None else from_native(k_job.out, origin)
 
