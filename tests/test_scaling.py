@@ -93,10 +93,13 @@ def _both(cfg, dim, base, max_pos, seq_len=None):
 
 # ---------------------------------------------------------------------------------------- per variant
 @given(dim=st.integers(2, 128).map(lambda h: 2 * h), base=st.floats(2.0, 1e7), factor=st.floats(1.0, 64.0))
-def test_linear_divides_positions(dim, base, factor):
+def test_linear_divides_inv_freq(dim, base, factor):
+    # transformers' recipe: inv_freq / factor (one more float32 rounding, and the factor rounded to float32)
     ref, exact = _both({"rope_type": "linear", "factor": factor}, dim, base, 4096)
-    _check(ref, exact, t_default(dim, base), 1.0, base)
-    assert ref.position_divisor == factor
+    _check(ref, exact, t_default(dim, base) / factor, 1.0, base, extra_ulps=2)
+    assert ref.position_divisor == exact.position_divisor == 1.0
+    plain, _ = _both(None, dim, base, 4096)
+    np.testing.assert_array_equal(ref.inv_freq, plain.inv_freq / np.float32(factor))
 
 
 def test_linear_tables_divide_positions():
@@ -139,7 +142,10 @@ def test_llama3(base, factor, low, gap, old, dim):
     cfg = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": low + gap,
            "original_max_position_embeddings": old}
     ref, exact = _both(cfg, dim, base, old * 8)
-    _check(ref, exact, t_llama3(dim, base, factor, low, low + gap, old), 1.0, base)
+    # in the smooth band the float32 weight smooth = (old / wavelen - low) / gap carries a few ulps of
+    # (low + gap) / gap, and the output's sensitivity to it, relative to the output, is below factor
+    _check(ref, exact, t_llama3(dim, base, factor, low, low + gap, old), 1.0, base,
+           extra_ulps=2 * factor * (low + gap) / gap)
 
 
 def test_longrope_short_and_long_factors():
@@ -286,8 +292,8 @@ def test_from_hf_config_errors(tmp_path):
     ({"rope_type": "linear", "factor": 0.5}, ValueError, r"factor.*>= 1.0, got 0.5"),
     ({"rope_type": "yarn", "factor": 4.0, "beta_fast": 1, "beta_slow": 32}, ValueError,
      r"beta_fast'\] \(1.0\) must be >= scaling\['beta_slow'\] \(32.0\)"),
-    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0,
-      "original_max_position_embeddings": 8192}, ValueError, r"low_freq_factor'\] \(4.0\) must be <"),
+    ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 5.0, "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 8192}, ValueError, r"low_freq_factor'\] \(5.0\) must be <="),
     ({"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 0}, ValueError,
      r"original_max_position_embeddings'\]: must be > 0, got 0"),
     ({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
