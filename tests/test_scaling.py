@@ -125,8 +125,9 @@ def test_yarn(dim, base, factor, original, beta_slow, beta_extra, mscale, mscale
     ref, exact = _both(cfg, dim, base, original * 4)
     inv, scale = t_yarn(dim, base, factor, original, beta_slow + beta_extra, beta_slow, mscale, mscale_all_dim,
                         truncate)
-    # the float32 ramp's rounding is amplified by (extrapolated - interpolated) / inv_freq <= factor - 1
-    _check(ref, exact, inv, scale, base, extra_ulps=2 * factor)
+    # the float32 ramp's roundings (j - low, the division, 1 - ramp, 1 - extra_weight: about one ulp each) are
+    # amplified by (extrapolated - interpolated) / inv_freq <= factor - 1
+    _check(ref, exact, inv, scale, base, extra_ulps=4 * factor)
 
 
 def test_yarn_attention_factor_overrides_mscale():
