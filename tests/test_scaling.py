@@ -207,7 +207,20 @@ def test_every_variant_on_every_backend(backend, cfg, seq_len, precision):
 
 # ------------------------------------------------------------------------------------------- presets
 def test_preset_names():
-    assert ropeflow.presets.names() == ["deepseek-v3", "kimi-k2", "kimi-k2-0905", "llama-3.1-8b", "qwen2.5-7b"]
+    names = ropeflow.presets.names()
+    assert len(names) >= 15
+    for required in ["deepseek-v3", "kimi-k2", "kimi-k2-0905", "llama-3.1-8b", "qwen2.5-7b", "llama-3.2-1b",
+                     "llama-4-scout-17b-16e", "qwen3-8b", "qwen2.5-vl-7b-instruct", "phi-3.5-mini-instruct",
+                     "phi-4-mini-instruct", "gpt-oss-20b", "gemma-3-4b-it", "mistral-nemo-instruct-2407",
+                     "deepseek-v2-lite"]:
+        assert required in names
+    for name in names:
+        assert "huggingface" in ropeflow.presets.load(name)["_source"], name
+        for layer_type in ropeflow.layer_types(ropeflow.presets.load(name)):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # Llama 4 Scout's llama3 low == high
+                rope = RotaryEmbedding.from_preset(name, layer_type=layer_type)
+            assert rope.cos_sin(8)[0].shape == (8, rope.dim)
 
 
 @pytest.mark.parametrize("name,dim,base,factor,original,beta", [
