@@ -43,7 +43,8 @@ class Frequencies:
 
     inv_freq: shape ``(dim // 2,)``, float32 (reference precision) or float64 (exact), radians per position.
     attention_scaling: multiplier folded into cos and sin (YaRN's mscale ratio, LongRoPE's factor; else 1).
-    position_divisor: positions are divided by it before the product (linear scaling; else 1).
+    position_divisor: positions are divided by it before the product (1 for every registered variant:
+        linear scaling divides ``inv_freq``, as transformers does).
     """
 
     inv_freq: np.ndarray
