@@ -13,7 +13,7 @@ from . import presets
 from ._errors import BackendUnavailableError
 from .apply import apply_rotary
 from .backends import available_backends
-from .config import softmax_scale
+from .config import layer_types, softmax_scale
 from .rotary import RotaryEmbedding
 from .scaling import (
     DynamicScaling,
@@ -47,6 +47,7 @@ __all__ = [
     "presets",
     "softmax_scale",
     "get_mscale",
+    "layer_types",
     "rope_types",
     "yarn_softmax_scale",
     "__version__",

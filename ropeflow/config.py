@@ -1,5 +1,23 @@
 """Reading rotary settings from Hugging Face model configs (dicts, ``config.json`` files, config objects).
 
+A config resolves here, and only here, to plain :class:`~ropeflow.RotaryEmbedding` constructor arguments
+(``dim``, ``max_position_embeddings``, ``base``, ``scaling``, ``layout``). What is read:
+
+* the language model's fields: ``text_config`` when present (Qwen2.5-VL, Gemma 3, Llama 4, Mistral 3 ...);
+* the rotary dimension: ``qk_rope_head_dim`` (DeepSeek), ``rotary_dim`` (GPT-J), else ``head_dim`` (or
+  ChatGLM's ``kv_channels``, or ``hidden_size // num_attention_heads``; ``n_embd`` / ``n_head`` / ``num_heads``
+  accepted) times ``partial_rotary_factor`` (``rotary_pct`` in GPT-NeoX);
+* the base: ``rope_theta`` (top level or in ``rope_parameters``; ``rotary_emb_base`` in GPT-NeoX; ChatGLM's
+  ``10000 * rope_ratio``);
+* the context: ``max_position_embeddings`` (``n_positions`` in GPT-J, ``seq_length`` in ChatGLM);
+* scaling: ``rope_parameters`` (transformers 5) or ``rope_scaling``, with a top-level
+  ``original_max_position_embeddings`` taking priority for llama3 / yarn / longrope, as transformers does
+  (Phi-3 keeps it there);
+* per-layer-type RoPE: ``rope_parameters`` nested by layer type (``{"full_attention": {...},
+  "sliding_attention": {...}}``), Gemma 3's ``rope_local_base_freq`` and ModernBERT's
+  ``global_rope_theta`` / ``local_rope_theta``;
+* fields a file omits take the defaults of the model's transformers config class (``_model_defaults``).
+
 JSON only: nothing is executed and nothing is downloaded.
 """
 
@@ -7,81 +25,302 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from ._model_defaults import TEXT_MODEL_TYPES, model_defaults
+from .scaling import _check_number, check_dim
+
 _MISSING = object()
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SCALED_TYPES = ("llama3", "yarn", "longrope")
+#: Keys of a rope dict that are not scaling fields.
+_NON_SCALING_KEYS = ("rope_theta", "partial_rotary_factor")
+DEFAULT_LAYER_TYPE = "full_attention"
 
 
-def _field(config: Any, name: str, default: Any = _MISSING) -> Any:
-    if isinstance(config, Mapping):
-        value = config.get(name, _MISSING)
-    else:
-        value = getattr(config, name, _MISSING)
-    if value is _MISSING or value is None:
-        if default is _MISSING:
-            raise ValueError(f"config: missing required field {name!r}")
-        return default
-    return value
+# ------------------------------------------------------------------------------------------- loading
+def load_config(config: Any) -> dict[str, Any]:
+    """The config as a dict: from a path to ``config.json`` (or its folder), a dict, or a config object
+    (a transformers ``PretrainedConfig`` through ``to_dict()``, any other object through its attributes).
 
-
-def load_config(config: Any) -> Any:
-    """A dict from a path to ``config.json``; dicts and config objects pass through."""
+    Errors name the path and the problem (missing file, bad JSON, bad UTF-8, not a JSON object); a string that
+    looks like a Hugging Face Hub id gets a message on how to download its ``config.json``.
+    """
     if isinstance(config, (str, os.PathLike)):
-        path = os.fspath(config)
-        if os.path.isdir(path):
-            path = os.path.join(path, "config.json")
-        with open(path, encoding="utf-8") as fh:
-            loaded = json.load(fh)
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config: {path} does not hold a JSON object")
-        return loaded
-    if config is None or isinstance(config, (int, float, bytes, list, tuple)):
+        return _load_path(os.fspath(config))
+    if isinstance(config, Mapping):
+        return dict(config)
+    if config is None or isinstance(config, (bool, int, float, bytes, list, tuple, set)):
         raise TypeError(
             f"config: expected a dict, a path to config.json or a config object, got {type(config).__name__}"
         )
-    return config
+    to_dict = getattr(config, "to_dict", None)
+    if callable(to_dict):
+        loaded = to_dict()
+        if not isinstance(loaded, Mapping):
+            raise TypeError(f"config: {type(config).__name__}.to_dict() returned {type(loaded).__name__}, not a dict")
+        return dict(loaded)
+    try:
+        return dict(vars(config))
+    except TypeError:
+        raise TypeError(
+            f"config: expected a dict, a path to config.json or a config object, got {type(config).__name__}"
+        ) from None
 
 
-def rope_settings(config: Any) -> dict[str, Any]:
-    """``dim``, ``max_position_embeddings``, ``base`` and ``scaling`` of a model config.
+def _load_path(path: str) -> dict[str, Any]:
+    if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+    elif not os.path.exists(path) and _HUB_ID.match(path) and not path.endswith(".json"):
+        raise ValueError(
+            f"config: {path!r} is not a local file or folder; it looks like a Hugging Face Hub id. ropeflow reads "
+            "only local paths, dicts and config objects, and downloads nothing. Fetch the file first, e.g. "
+            f"`huggingface-cli download {path} config.json` or `huggingface_hub.hf_hub_download({path!r}, "
+            "'config.json')`, and pass the path it returns."
+        )
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config: no such file {path!r}") from None
+    except OSError as exc:
+        raise OSError(f"config: cannot read {path!r}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config: {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config: {path!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+                         ) from None
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config: {path!r} does not hold a JSON object (got a JSON {type(loaded).__name__})")
+    return loaded
 
-    The rotary dimension is ``qk_rope_head_dim`` (DeepSeek-V3, Kimi-K2), else ``head_dim`` times
-    ``partial_rotary_factor``, else ``hidden_size // num_attention_heads`` times ``partial_rotary_factor``.
-    Scaling comes from ``rope_parameters`` (newer transformers) or ``rope_scaling``; ``rope_theta`` may sit
-    at the top level or inside ``rope_parameters``.
+
+def language_config(config: Any) -> dict[str, Any]:
+    """The part of a config that holds the language model's fields: ``text_config`` when it is a dict, else the
+    config itself. ``model_type`` falls back to the language model type of the outer config."""
+    outer = load_config(config)
+    inner = outer.get("text_config")
+    if inner is None:
+        return outer
+    inner = load_config(inner) if not isinstance(inner, Mapping) else dict(inner)
+    if inner.get("model_type") is None and isinstance(outer.get("model_type"), str):
+        inner["model_type"] = TEXT_MODEL_TYPES.get(outer["model_type"], outer["model_type"])
+    return inner
+
+
+# -------------------------------------------------------------------------------------------- fields
+class _Fields:
+    """Field lookup over one config dict with the model type's defaults behind it."""
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.model_type = cfg.get("model_type")
+        self.defaults = model_defaults(self.model_type)
+
+    def get(self, *names: str, default: Any = None, use_defaults: bool = True) -> Any:
+        for name in names:
+            value = self.cfg.get(name)
+            if value is not None:
+                return value
+        if use_defaults:
+            for name in names:
+                value = self.defaults.get(name)
+                if value is not None:
+                    return value
+        return default
+
+    def name_of(self, *names: str) -> str:
+        """The first of ``names`` the config (or its defaults) holds, for messages."""
+        for name in names:
+            if self.cfg.get(name) is not None or self.defaults.get(name) is not None:
+                return name
+        return names[0]
+
+
+def _int_field(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer config field (an integral float such as 4096.0 is accepted; 4096.7 and bools are not)."""
+    return int(_check_number(f"config['{name}']", value, minimum=minimum, integer=True))
+
+
+def _partial_factor(name: str, value: Any) -> float:
+    factor = _check_number(f"config['{name}']", value, minimum=0, strict=True)
+    if factor > 1:
+        raise ValueError(f"config['{name}']: the rotary fraction of the head must be in (0, 1], got {value!r}")
+    return factor
+
+
+# --------------------------------------------------------------------------------------- layer types
+def _is_nested(params: Mapping[str, Any]) -> bool:
+    """transformers 5 nests ``rope_parameters`` by layer type: every value a dict (or None), no rope_type."""
+    return bool(params) and "rope_type" not in params and "type" not in params and all(
+        v is None or isinstance(v, Mapping) for v in params.values())
+
+
+def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
+    """``{layer_type: rope dict}``: the rope dict holds ``rope_type`` and scaling fields, and ``rope_theta`` /
+    ``partial_rotary_factor`` where the config gives them per layer type. ``None`` marks a layer type
+    without RoPE."""
+    cfg = f.cfg
+    params = cfg.get("rope_parameters")
+    scaling = cfg.get("rope_scaling")
+    for name, value in (("rope_parameters", params), ("rope_scaling", scaling)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"config['{name}']: expected a dict (or null), got {value!r} ({type(value).__name__})")
+    declared = [t for t in (cfg.get("layer_types") or []) if isinstance(t, str)]
+    order = list(dict.fromkeys(declared))
+    if params is not None and _is_nested(params):
+        names = [t for t in order if t in params] + [t for t in params if t not in order]
+        return {t: (None if params[t] is None else dict(params[t])) for t in names}
+    flat = dict(params if params is not None else (scaling or {}))
+    local = f.get("rope_local_base_freq")
+    if local is not None:  # Gemma 3 (transformers 4 files): a default-RoPE sliding layer with its own base
+        return {"sliding_attention": {"rope_type": "default", "rope_theta": local},
+                "full_attention": flat}
+    if cfg.get("global_rope_theta") is not None or f.model_type == "modernbert":  # ModernBERT
+        return {"full_attention": {**flat, "rope_theta": f.get("global_rope_theta")},
+                "sliding_attention": {"rope_type": "default", "rope_theta": f.get("local_rope_theta")}}
+    return {t: flat for t in (order or [DEFAULT_LAYER_TYPE])}
+
+
+def layer_types(config: Any) -> tuple[str, ...]:
+    """The layer types a config declares RoPE settings for, e.g. ``("sliding_attention", "full_attention")``
+    for Gemma 3. A model with one rotary configuration gives its ``layer_types`` (or ``("full_attention",)``);
+    pass any of them as ``from_hf_config(config, layer_type=...)``. Layer types without RoPE are left out."""
+    sections = _rope_sections(_Fields(language_config(config)))
+    return tuple(t for t, s in sections.items() if s is not None)
+
+
+# ------------------------------------------------------------------------------------------ settings
+def rope_settings(config: Any, layer_type: str | None = None) -> dict[str, Any]:
+    """``dim``, ``max_position_embeddings``, ``base``, ``scaling`` and ``layout`` of a model config (a dict, a
+    path to ``config.json`` or a config object), for one layer type.
+
+    ``layer_type=None`` is allowed when every layer type shares one rotary configuration; otherwise it is a
+    ValueError that names the layer types and what differs. Field errors (a missing field, a wrong type, a value
+    out of range) name the field.
     """
-    config = load_config(config)
-    params = _field(config, "rope_parameters", None)
-    if params is not None and not isinstance(params, Mapping):
-        raise TypeError(f"config: rope_parameters must be a dict, got {type(params).__name__}")
-    scaling = params if params is not None else _field(config, "rope_scaling", None)
-    base = _field(config, "rope_theta", None)
-    if base is None and params is not None:
-        base = params.get("rope_theta")
-    base = 10000.0 if base is None else base
-    partial = _field(config, "partial_rotary_factor", None)
-    if partial is None and params is not None:
-        partial = params.get("partial_rotary_factor")
-    partial = 1.0 if partial is None else float(partial)
-    rope_dim = _field(config, "qk_rope_head_dim", None)
-    if rope_dim is None:
-        head_dim = _field(config, "head_dim", None)
-        if head_dim is None:
-            hidden, heads = _field(config, "hidden_size"), _field(config, "num_attention_heads")
-            head_dim = int(hidden) // int(heads)
-        rope_dim = int(int(head_dim) * partial)
-    if scaling is not None and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
-        scaling = None if set(scaling) <= {"rope_type", "type", "rope_theta", "partial_rotary_factor"} else scaling
+    f = _Fields(language_config(config))
+    if f.get("alibi", use_defaults=False) is True:
+        raise ValueError("config: this model uses ALiBi attention biases (alibi: true), not rotary embeddings")
+    sections = _rope_sections(f)
+    available = [t for t, s in sections.items() if s is not None]
+    if layer_type is not None:
+        if not isinstance(layer_type, str):
+            raise TypeError(f"layer_type: expected a string, got {layer_type!r} ({type(layer_type).__name__})")
+        if layer_type not in sections:
+            raise ValueError(f"layer_type: {layer_type!r} is not a layer type of this config; available: "
+                             f"{', '.join(map(repr, available))}")
+        if sections[layer_type] is None:
+            raise ValueError(f"layer_type: {layer_type!r} has no rotary embedding in this config (rope parameters "
+                             f"are null); layer types with RoPE: {', '.join(map(repr, available))}")
+        chosen = [layer_type]
+    else:
+        chosen = available
+    if not chosen:
+        raise ValueError("config: no layer type of this config has rotary parameters")
+    resolved = {t: _resolve(f, sections[t]) for t in chosen}
+    distinct = {repr(_summary(s)) for s in resolved.values()}
+    if len(distinct) > 1:
+        detail = "; ".join(f"{t!r}: {_summary(s)}" for t, s in resolved.items())
+        raise ValueError(
+            f"layer_type: this config uses different rotary settings per layer type ({detail}). Pass "
+            f"layer_type= one of {', '.join(map(repr, resolved))} (ropeflow.layer_types(config) lists them)."
+        )
+    return next(iter(resolved.values()))
+
+
+def _summary(s: Mapping[str, Any]) -> dict[str, Any]:
+    return {"dim": s["dim"], "base": s["base"], "scaling": s["scaling"]}
+
+
+def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
+    section = dict(section)
+    for key in ("rope_type", "type"):
+        if key in section and not isinstance(section[key], str):
+            raise TypeError(f"config: rope {key} must be a string, got {section[key]!r}")
+
+    # ---- context length
+    max_name = f.name_of("max_position_embeddings", "n_positions", "seq_length")
+    max_pos = f.get("max_position_embeddings", "n_positions", "seq_length")
+    if max_pos is None:
+        raise ValueError("config: missing required field 'max_position_embeddings'")
+    max_pos = _int_field(max_name, max_pos)
+
+    # ---- base
+    base = section.get("rope_theta")
+    base_name = "rope_theta"
+    if base is None:
+        base = f.get("rope_theta", "rotary_emb_base")
+        base_name = f.name_of("rope_theta", "rotary_emb_base")
+    base = 10000.0 if base is None else _check_number(f"config['{base_name}']", base, minimum=1.0, strict=True)
+    if f.model_type == "chatglm" or f.cfg.get("rope_ratio") is not None:
+        ratio = _check_number("config['rope_ratio']", f.get("rope_ratio", default=1.0), minimum=0, strict=True)
+        base = base * ratio  # ChatGLM / GLM-4 (THUDM's code): base = 10000 * rope_ratio
+
+    # ---- rotary dimension
+    rotary = f.get("qk_rope_head_dim", "rotary_dim")
+    if rotary is not None:
+        name = f.name_of("qk_rope_head_dim", "rotary_dim")
+        dim = _int_field(name, rotary)
+    else:
+        partial = section.get("partial_rotary_factor")
+        partial_name = "partial_rotary_factor"
+        if partial is None:
+            partial = f.get("partial_rotary_factor", "rotary_pct", default=1.0)
+            partial_name = f.name_of("partial_rotary_factor", "rotary_pct")
+        partial = _partial_factor(partial_name, partial)
+        head_dim = f.get("head_dim", "kv_channels")
+        if head_dim is not None:
+            head_dim = _int_field(f.name_of("head_dim", "kv_channels"), head_dim)
+        else:
+            hidden_name = f.name_of("hidden_size", "n_embd", "d_model")
+            heads_name = f.name_of("num_attention_heads", "n_head", "num_heads")
+            hidden = f.get("hidden_size", "n_embd", "d_model")
+            heads = f.get("num_attention_heads", "n_head", "num_heads")
+            if hidden is None:
+                raise ValueError("config: missing required field 'hidden_size' (or 'head_dim')")
+            if heads is None:
+                raise ValueError("config: missing required field 'num_attention_heads' (or 'head_dim')")
+            head_dim = _int_field(hidden_name, hidden) // _int_field(heads_name, heads)
+        dim = int(head_dim * partial)
+    dim = check_dim(dim, "config: rotary dim (head_dim * partial_rotary_factor)")
+
+    # ---- scaling
+    scaling: dict[str, Any] | None = {k: v for k, v in section.items() if k not in _NON_SCALING_KEYS}
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type in (None, "default", "mrope") and set(scaling) <= {"rope_type", "type", "mrope_section",
+                                                                  "mrope_interleaved"}:
+        scaling = None
+    elif rope_type in _SCALED_TYPES or rope_type == "su":
+        top_original = f.get("original_max_position_embeddings", use_defaults=False)
+        if top_original is not None and section is not None and not _is_nested(f.cfg.get("rope_parameters") or {}):
+            scaling["original_max_position_embeddings"] = top_original  # transformers: the top level wins
+        elif scaling.get("original_max_position_embeddings") is None and rope_type in ("longrope", "su"):
+            default_original = f.defaults.get("original_max_position_embeddings")
+            if default_original is not None:
+                scaling["original_max_position_embeddings"] = default_original
     return {
-        "dim": int(rope_dim),
-        "max_position_embeddings": int(_field(config, "max_position_embeddings")),
+        "dim": dim,
+        "max_position_embeddings": max_pos,
         "base": float(base),
-        "scaling": dict(scaling) if scaling is not None else None,
+        "scaling": scaling,
+        "layout": _layout(f),
     }
 
 
-def softmax_scale(config: Any) -> float:
+def _layout(f: _Fields) -> str:
+    if f.model_type in ("deepseek_v3", "kimi_k2") and f.cfg.get("rope_interleave") is False:
+        return "half"
+    return f.defaults.get("layout", "half")
+
+
+def softmax_scale(config: Any, layer_type: str | None = None) -> float:
     """The attention softmax scale a config implies: ``q_head_dim ** -0.5``, times ``get_mscale(factor,
     mscale_all_dim) ** 2`` for YaRN configs with ``mscale_all_dim`` (DeepSeek-V3's convention).
 
@@ -90,16 +329,23 @@ def softmax_scale(config: Any) -> float:
     """
     from .scaling import yarn_softmax_scale
 
-    config = load_config(config)
-    nope, rope = _field(config, "qk_nope_head_dim", None), _field(config, "qk_rope_head_dim", None)
+    f = _Fields(language_config(config))
+    nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
     if nope is not None and rope is not None:
-        head_dim = int(nope) + int(rope)
+        head_dim = _int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)
     else:
-        head_dim = _field(config, "head_dim", None)
+        head_dim = f.get("head_dim")
         if head_dim is None:
-            head_dim = int(_field(config, "hidden_size")) // int(_field(config, "num_attention_heads"))
-    settings = rope_settings(config)
-    scaling = settings["scaling"] or {}
+            hidden, heads = f.get("hidden_size", "n_embd"), f.get("num_attention_heads", "n_head")
+            if hidden is None or heads is None:
+                raise ValueError("config: missing required field 'head_dim' (or 'hidden_size' and "
+                                 "'num_attention_heads')")
+            head_dim = _int_field("hidden_size", hidden) // _int_field("num_attention_heads", heads)
+        head_dim = _int_field("head_dim", head_dim)
+    scaling = rope_settings(config, layer_type)["scaling"] or {}
     if scaling.get("rope_type", scaling.get("type")) == "yarn" and scaling.get("mscale_all_dim"):
         return yarn_softmax_scale(int(head_dim), float(scaling["factor"]), float(scaling["mscale_all_dim"]))
     return float(head_dim) ** -0.5
+
+
+__all__ = ["language_config", "layer_types", "load_config", "rope_settings", "softmax_scale"]

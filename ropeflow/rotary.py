@@ -17,14 +17,19 @@ import numpy as np
 from . import _xp
 from ._cache import Table, publish, shared_table
 from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
+from .apply import LAYOUTS
 from .backends import BACKEND_NAMES, get_backend, resolve
 from .scaling import (
-    PRECISIONS,
     DynamicScaling,
     Frequencies,
     LongRopeScaling,
     ScalingConfig,
-    _check_number,
+    as_inv_freq,
+    check_base,
+    check_choice,
+    check_dim,
+    check_max_position_embeddings,
+    check_precision,
     compute_frequencies,
     is_length_dependent,
     longrope_factor_and_original,
@@ -35,19 +40,6 @@ from .scaling import (
 DYNAMIC_POLICIES = ("stateless", "reference", "hf")
 #: Reference precision computes positions as float32 integers: exact only below 2**24.
 REFERENCE_MAX_POSITIONS = 2**24
-#: Bounds of the constructor's integers (beyond them nothing can be allocated or represented).
-MAX_DIM = 2**16
-MAX_POSITIONS = 2**62
-
-
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """``value`` if it is one of the ``allowed`` strings: a TypeError for a non-string, else a ValueError."""
-    listed = ", ".join(map(repr, allowed))
-    if not isinstance(value, str):
-        raise TypeError(f"{name}: expected one of {listed}, got {value!r} ({type(value).__name__})")
-    if value not in allowed:
-        raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; allowed: {listed}")
-    return value
 
 
 def _check_head_dim(x: Any, dim: int, name: str) -> None:
@@ -82,6 +74,13 @@ class RotaryEmbedding:
     dynamic_policy: for dynamic NTK, ``"stateless"`` (result depends on ``seq_len`` only), ``"reference"``
         (DeepSeek-V3's code call for call, history-dependent) or ``"hf"`` (transformers: grow, and reset
         below ``L``).
+    layout: the rotation layout of the model, ``"half"`` (LLaMA / GPT-NeoX), ``"interleaved"`` (GPT-J, ChatGLM,
+        Cohere, Llama 4) or ``"deepseek"`` (DeepSeek-V3); the default of :meth:`apply`. ``from_hf_config`` sets it.
+    inv_freq: use these frequencies instead of computing them, shape ``(dim // 2,)`` (a checkpoint's
+        ``inv_freq`` buffer, a torch tensor, a NumPy array): tables then equal a PyTorch build from the same
+        buffer (docs/math.md, "reference precision"). Stored as float32 (float64 in exact precision);
+        ``attention_scaling`` still comes from ``scaling``. Not allowed with length-dependent scaling (dynamic
+        NTK, LongRoPE), whose frequencies change with the length served.
     """
 
     def __init__(
@@ -94,17 +93,13 @@ class RotaryEmbedding:
         backend: str = "auto",
         precision: str = "reference",
         dynamic_policy: str = "stateless",
+        layout: str = "half",
+        inv_freq: Any = None,
     ) -> None:
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
-            raise TypeError(f"dim: expected a positive even int, got {dim!r} ({type(dim).__name__})")
-        if dim <= 0 or dim % 2 or dim > MAX_DIM:
-            raise ValueError(f"dim: must be a positive even integer <= {MAX_DIM}, got {dim}")
-        if isinstance(max_position_embeddings, bool) or not isinstance(max_position_embeddings, (int, np.integer)):
-            raise TypeError(f"max_position_embeddings: expected an int >= 1, got {max_position_embeddings!r}")
-        if not 1 <= max_position_embeddings <= MAX_POSITIONS:
-            raise ValueError(f"max_position_embeddings: must be >= 1 and <= 2**62, got {max_position_embeddings}")
-        base = _check_number("base", base, minimum=1.0, strict=True)
-        check_choice("precision", precision, PRECISIONS)
+        dim = check_dim(dim)
+        max_position_embeddings = check_max_position_embeddings(max_position_embeddings)
+        base = check_base(base)
+        check_precision(precision)
         check_choice("dynamic_policy", dynamic_policy, DYNAMIC_POLICIES)
         if backend != "auto":
             check_choice("backend", backend, ("auto",) + BACKEND_NAMES)
@@ -112,6 +107,13 @@ class RotaryEmbedding:
         cfg: ScalingConfig | None = parse_scaling(scaling)
         if cfg is not None:
             validate_scaling(cfg, int(dim))
+        check_choice("layout", layout, LAYOUTS)
+        override = None
+        if inv_freq is not None:
+            if is_length_dependent(cfg):
+                raise ValueError(f"inv_freq: an override cannot serve {cfg.rope_type} scaling, whose frequencies "
+                                 "change with the length served; pass scaling without inv_freq")
+            override = as_inv_freq(inv_freq, int(dim), precision)
 
         self.dim = int(dim)
         self.max_position_embeddings = int(max_position_embeddings)
@@ -119,6 +121,7 @@ class RotaryEmbedding:
         self.scaling = cfg
         self.precision = precision
         self.dynamic_policy = dynamic_policy
+        self.layout = layout
         self._requested_backend = backend
         self._backend_name = backend if backend != "auto" else None
         self._host_backend: Any = None  # the backend that serves host arrays, resolved on first use
@@ -132,6 +135,9 @@ class RotaryEmbedding:
         self._fixed: dict[tuple, Table] = {}
         self._freqs_by_len: dict[int | None, Frequencies] = {}
         self._base_freqs = self._frequencies(None)
+        if override is not None:
+            self._base_freqs = Frequencies(override, self._base_freqs.attention_scaling)
+            self._freqs_by_len[None] = self._base_freqs
         self._current = self._base_freqs
         # Dynamic-policy state: the length the current frequencies were built for (None: original).
         self._dynamic_len: int | None = None
@@ -139,28 +145,32 @@ class RotaryEmbedding:
 
     # ----------------------------------------------------------------------------------- constructors
     @classmethod
-    def from_hf_config(cls, config: Any, *, backend: str = "auto", precision: str = "reference",
-                       dynamic_policy: str = "stateless") -> RotaryEmbedding:
+    def from_hf_config(cls, config: Any, *, layer_type: str | None = None, backend: str = "auto",
+                       precision: str = "reference", dynamic_policy: str = "stateless", inv_freq: Any = None
+                       ) -> RotaryEmbedding:
         """The rotary embedding of a Hugging Face model config: a dict, a path to ``config.json`` (or its
         folder), or a config object such as a transformers ``PretrainedConfig``. JSON only, nothing executed.
 
-        Reads ``rope_theta``, ``max_position_embeddings``, the rotary dimension (``qk_rope_head_dim``, else
-        ``head_dim * partial_rotary_factor``, else ``hidden_size // num_attention_heads * partial_rotary_factor``)
-        and ``rope_scaling`` / ``rope_parameters``.
+        Reads the language model's fields (``text_config`` when present): ``rope_theta``,
+        ``max_position_embeddings``, the rotary dimension, ``rope_scaling`` / ``rope_parameters``, the legacy
+        GPT-J / GPT-NeoX / Falcon / ChatGLM names, and per-model defaults for missing fields
+        (:mod:`ropeflow.config`). ``layer_type`` picks one layer type's RoPE where they differ (Gemma 3:
+        ``"sliding_attention"`` or ``"full_attention"``; ``ropeflow.layer_types(config)`` lists them). The
+        embedding's ``layout`` is the model's (interleaved for GPT-J, ChatGLM, Cohere, Llama 4).
         """
         from .config import rope_settings
 
-        s = rope_settings(config)
+        s = rope_settings(config, layer_type)
         return cls(s["dim"], s["max_position_embeddings"], s["base"], scaling=s["scaling"], backend=backend,
-                   precision=precision, dynamic_policy=dynamic_policy)
+                   precision=precision, dynamic_policy=dynamic_policy, layout=s["layout"], inv_freq=inv_freq)
 
     @classmethod
-    def from_preset(cls, name: str, *, backend: str = "auto", precision: str = "reference",
-                    dynamic_policy: str = "stateless") -> RotaryEmbedding:
+    def from_preset(cls, name: str, *, layer_type: str | None = None, backend: str = "auto",
+                    precision: str = "reference", dynamic_policy: str = "stateless") -> RotaryEmbedding:
         """A shipped model preset (see ``ropeflow.presets.names()``), e.g. ``"deepseek-v3"``."""
         from . import presets
 
-        return cls.from_hf_config(presets.load(name), backend=backend, precision=precision,
+        return cls.from_hf_config(presets.load(name), layer_type=layer_type, backend=backend, precision=precision,
                                   dynamic_policy=dynamic_policy)
 
     # ----------------------------------------------------------------------------------- public API
@@ -220,16 +230,20 @@ class RotaryEmbedding:
 
     forward = __call__
 
-    def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str = "half",
+    def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str | None = None,
               seq_axis: int = -2) -> tuple[Any, Any]:
         """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts and head dims may differ, as in
         grouped-query attention; ``k=None`` rotates ``q`` alone) and return new arrays ``(q_rot, k_rot)``.
 
         Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,
-        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through. Every
-        argument is checked before any table is built: a call that raises changes nothing.
+        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
+        ``layout=None`` means this embedding's ``layout``. Every argument is checked before any table is built:
+        a call that raises changes nothing.
         """
         from .apply import as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
+
+        if layout is None:
+            layout = self.layout
 
         origin = None
         if type(q) is not np.ndarray:
@@ -317,7 +331,7 @@ class RotaryEmbedding:
         return (
             f"RotaryEmbedding(dim={self.dim}, max_position_embeddings={self.max_position_embeddings}, "
             f"base={self.base}, scaling={scaling}, backend={self._requested_backend!r}, "
-            f"precision={self.precision!r}, dynamic_policy={self.dynamic_policy!r})"
+            f"precision={self.precision!r}, dynamic_policy={self.dynamic_policy!r}, layout={self.layout!r})"
         )
 
     # ------------------------------------------------------------------------------------ internals

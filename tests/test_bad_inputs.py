@@ -166,7 +166,7 @@ APPLY_CASES = (
     + [("offset", v) for v in [1.5, "3", True, np.float64(2.0), -1, 2**63, 2**64, -(2**70),
                                np.array([1, 2, 3]), np.array([1.0, 2.0]), np.array([[1, 2]]),
                                np.array([-5, 0]), np.array([2**63 - 2, 0], np.int64)]]
-    + [("layout", v) for v in ["neox", "", None, 0, True, ["half"], "HALF"]]
+    + [("layout", v) for v in ["neox", "", 0, True, ["half"], "HALF"]]
     + [("seq_axis", v) for v in [-1, 0, 2, -4, "-2", None, True, -2.0]]
 )
 # positions that exceed what reference precision can represent

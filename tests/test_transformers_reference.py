@@ -28,14 +28,15 @@ def _hf_config(name: str):
     return config, rope_type
 
 
-@pytest.mark.parametrize("name", ["deepseek-v3", "kimi-k2", "kimi-k2-0905", "llama-3.1-8b"])
+@pytest.mark.parametrize("name", ["deepseek-v3", "kimi-k2", "kimi-k2-0905", "llama-3.1-8b", "llama-3.2-1b",
+                                  "deepseek-v2-lite", "gpt-oss-20b", "phi-3.5-mini-instruct", "phi-4-mini-instruct"])
 def test_presets_match_transformers(name):
     config, rope_type = _hf_config(name)
     try:
         inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
     except (TypeError, KeyError, AttributeError) as exc:  # an older/newer transformers config API
         pytest.skip(f"transformers {transformers.__version__} config API differs: {exc}")
-    rope = ropeflow.RotaryEmbedding.from_preset(name)
+    rope = ropeflow.RotaryEmbedding.from_preset(name, backend="numpy")
     theirs = inv_freq.numpy().astype(np.float32)
     ulps = np.abs(theirs.view(np.int32).astype(np.int64) - rope.inv_freq.view(np.int32).astype(np.int64)).max()
     assert ulps <= 2

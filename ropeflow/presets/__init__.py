@@ -1,6 +1,9 @@
-"""Model presets: the published rotary fields of a few model configs, shipped as small JSON files.
+"""Model presets: the published rotary fields of model configs, shipped as small JSON files.
 
-Nothing is downloaded. Each file holds only the fields ropeflow reads (and a ``_source`` note).
+Nothing is downloaded. Each file holds only the fields ropeflow reads, as the model's ``config.json`` gives them,
+and a ``_source`` (the Hugging Face file they come from). Most are also in the test corpus
+(``tests/data/configs/``), which checks them against transformers' own rotary modules. Gemma 3 has two rotary
+configurations: ``RotaryEmbedding.from_preset("gemma-3-4b-it", layer_type="sliding_attention")``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,308 @@
+"""Reading configs: layer types, config objects, the inv_freq override, and bad input (issue 13: every error
+names the field; a failed call changes nothing)."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+
+import ropeflow
+from ropeflow import LinearScaling, LongRopeScaling, RotaryEmbedding, YarnScaling, compute_frequencies
+from ropeflow.config import rope_settings
+
+DATA = pathlib.Path(__file__).parent / "data" / "configs"
+LLAMA = {"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "max_position_embeddings": 8192}
+
+
+def _load(name: str) -> dict:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------- layer types
+def test_gemma3_layer_types_and_ambiguity():
+    cfg = _load("gemma-3-4b-it")
+    assert ropeflow.layer_types(cfg) == ("sliding_attention", "full_attention")
+    with pytest.raises(ValueError, match=r"layer_type: .*different rotary settings.*'sliding_attention'.*"
+                                         r"'full_attention'.*ropeflow.layer_types"):
+        RotaryEmbedding.from_hf_config(cfg)
+    local = RotaryEmbedding.from_hf_config(cfg, layer_type="sliding_attention")
+    full = RotaryEmbedding.from_hf_config(cfg, layer_type="full_attention")
+    assert (local.base, local.scaling) == (10000.0, None)
+    assert (full.base, full.scaling) == (1e6, LinearScaling(8.0))
+    with pytest.raises(ValueError, match=r"layer_type: 'chunked_attention' is not a layer type.*available: "
+                                         r"'sliding_attention', 'full_attention'"):
+        RotaryEmbedding.from_hf_config(cfg, layer_type="chunked_attention")
+    with pytest.raises(TypeError, match="layer_type: expected a string"):
+        RotaryEmbedding.from_hf_config(cfg, layer_type=1)
+
+
+def test_nested_rope_parameters_transformers5():
+    cfg = {"model_type": "gemma3_text", "max_position_embeddings": 32768, "head_dim": 256,
+           "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+           "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                               "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}}}
+    assert ropeflow.layer_types(cfg) == ("sliding_attention", "full_attention")
+    full = rope_settings(cfg, "full_attention")
+    assert (full["dim"], full["base"], full["scaling"]) == (256, 1e6, {"rope_type": "linear", "factor": 8.0})
+    assert rope_settings(cfg, "sliding_attention")["scaling"] is None
+    # a layer type with null parameters (NoPE) is listed nowhere and refused by name
+    cfg["rope_parameters"]["chunked_attention"] = None
+    assert "chunked_attention" not in ropeflow.layer_types(cfg)
+    with pytest.raises(ValueError, match="'chunked_attention' has no rotary embedding"):
+        rope_settings(cfg, "chunked_attention")
+
+
+def test_single_configuration_layer_types():
+    cfg = _load("gpt-oss-20b")  # sliding and full layers, one rotary configuration
+    assert ropeflow.layer_types(cfg) == ("sliding_attention", "full_attention")
+    a = RotaryEmbedding.from_hf_config(cfg)
+    b = RotaryEmbedding.from_hf_config(cfg, layer_type="full_attention")
+    np.testing.assert_array_equal(a.inv_freq, b.inv_freq)
+    assert ropeflow.layer_types(LLAMA) == ("full_attention",)
+
+
+def test_transformers_config_objects():
+    transformers = pytest.importorskip("transformers")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gemma = transformers.Gemma3TextConfig(head_dim=256, max_position_embeddings=32768,
+                                              rope_scaling={"rope_type": "linear", "factor": 8.0})
+        phi = transformers.Phi3Config.from_dict({k: v for k, v in _load("phi-3.5-mini-instruct").items()
+                                                 if not k.startswith("_")})
+    # transformers 5 objects hold rope_parameters nested by layer type
+    assert set(ropeflow.layer_types(gemma)) == {"sliding_attention", "full_attention"}
+    full = RotaryEmbedding.from_hf_config(gemma, layer_type="full_attention")
+    assert (full.base, full.scaling) == (1e6, LinearScaling(8.0))
+    from_object = RotaryEmbedding.from_hf_config(phi)
+    from_file = RotaryEmbedding.from_hf_config(DATA / "phi-3.5-mini-instruct.json")
+    assert from_object.scaling == from_file.scaling
+    assert from_object.attention_scaling == pytest.approx(1.19024, abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------ LongRoPE, llama3
+def test_phi35_longrope_original_at_top_level():
+    rope = RotaryEmbedding.from_hf_config(DATA / "phi-3.5-mini-instruct.json", backend="numpy")
+    assert rope.scaling.original_max_position_embeddings == 4096
+    assert rope.attention_scaling == pytest.approx(math.sqrt(1 + math.log(32) / math.log(4096)), rel=1e-15)
+    short = rope.inv_freq.copy()
+    rope.cos_sin(4096)
+    np.testing.assert_array_equal(rope.inv_freq, short)
+    rope.cos_sin(4097)  # beyond the original context: the long factors, as transformers
+    long_factor = np.asarray(rope.scaling.long_factor, np.float64)
+    short_factor = np.asarray(rope.scaling.short_factor, np.float64)
+    np.testing.assert_allclose(rope.inv_freq / short, short_factor / long_factor, rtol=1e-6)
+
+
+def test_llama4_scout_low_equals_high_warns_and_is_defined():
+    with pytest.warns(UserWarning, match="low_freq_factor == high_freq_factor"):
+        rope = RotaryEmbedding.from_hf_config(DATA / "llama-4-scout-17b-16e.json")
+    assert np.all(np.isfinite(rope.inv_freq))
+    plain = compute_frequencies(None, 128, 5e5, 8192).inv_freq
+    wavelen = 2 * np.pi / plain.astype(np.float64)
+    expected = np.where(wavelen > 8192, plain / np.float32(16.0), plain)
+    np.testing.assert_array_equal(rope.inv_freq, expected)
+
+
+# ---------------------------------------------------------------------------------- inv_freq override
+def test_inv_freq_override_is_used_bit_for_bit():
+    torch = pytest.importorskip("torch")
+    theirs = 1.0 / (10000.0 ** (torch.arange(0, 128, 2, dtype=torch.int64).float() / 128))
+    rope = RotaryEmbedding(128, 4096, 10000.0, inv_freq=theirs, backend="numpy")
+    np.testing.assert_array_equal(rope.inv_freq, theirs.numpy())
+    pos = torch.arange(300, dtype=torch.float32)
+    angles = (pos[:, None] * theirs[None, :]).numpy()
+    cos, _ = rope.cos_sin(300)
+    np.testing.assert_allclose(cos[:, :64], np.cos(angles.astype(np.float64)), atol=2**-23, rtol=0)
+
+
+def test_inv_freq_override_keeps_attention_scaling_and_refuses_length_dependent():
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}
+    buf = compute_frequencies(yarn, 64, 1e4, 4096).inv_freq
+    rope = RotaryEmbedding(64, 4096, scaling=yarn, inv_freq=list(map(float, buf)))
+    assert rope.attention_scaling == pytest.approx(0.1 * math.log(4.0) + 1)
+    np.testing.assert_array_equal(rope.inv_freq, buf)
+    with pytest.raises(ValueError, match="inv_freq: an override cannot serve dynamic"):
+        RotaryEmbedding(64, 4096, scaling={"rope_type": "dynamic", "factor": 2.0}, inv_freq=buf)
+
+
+@pytest.mark.parametrize("value,exc,match", [
+    (np.ones(31, np.float32), ValueError, r"inv_freq: needs shape \(dim // 2,\) = \(32,\), got \(31,\)"),
+    (np.full(32, np.nan), ValueError, "inv_freq: values must be finite and >= 0"),
+    (-np.ones(32), ValueError, "inv_freq: values must be finite and >= 0"),
+    ("1.0", TypeError, "inv_freq: expected an array"),
+    (np.ones(32, bool), TypeError, "inv_freq: expected real numbers"),
+])
+def test_inv_freq_override_errors(value, exc, match):
+    with pytest.raises(exc, match=match):
+        RotaryEmbedding(64, inv_freq=value)
+
+
+# -------------------------------------------------------------------------------------------- layouts
+def test_layout_is_apply_default():
+    rope = RotaryEmbedding.from_hf_config(DATA / "gpt-j-6b.json", backend="numpy")
+    assert rope.layout == "interleaved"
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 2, 5, 256)).astype(np.float32)
+    by_default, _ = rope.apply(q)
+    explicit, _ = rope.apply(q, layout="interleaved")
+    half, _ = rope.apply(q, layout="half")
+    np.testing.assert_array_equal(by_default, explicit)
+    assert not np.array_equal(by_default, half)
+    with pytest.raises(ValueError, match="layout: unknown layout 'neox'"):
+        RotaryEmbedding(64, layout="neox")
+
+
+# ------------------------------------------------------------------------------ defaults, legacy fields
+def test_phi_partial_default_and_legacy_names():
+    assert rope_settings({"model_type": "phi", "hidden_size": 2560, "num_attention_heads": 32})["dim"] == 40
+    neox = rope_settings({"model_type": "gpt_neox", "hidden_size": 512, "num_attention_heads": 8,
+                          "rotary_pct": 0.5, "rotary_emb_base": 20000, "max_position_embeddings": 128})
+    assert (neox["dim"], neox["base"]) == (32, 20000.0)
+    assert rope_settings({"model_type": "llama4_text"})["base"] == 5e5
+    assert rope_settings({"model_type": "gemma3_text", "layer_types": ["full_attention"],
+                          "rope_parameters": {"full_attention": {"rope_type": "default"}}})["base"] == 1e6
+    with pytest.raises(ValueError, match="ALiBi"):
+        rope_settings({"model_type": "falcon", "alibi": True})
+
+
+# ------------------------------------------------------------------------------- bad input (issue 13)
+BAD_CONFIGS = [
+    ({**LLAMA, "partial_rotary_factor": 1.5}, ValueError, r"config\['partial_rotary_factor'\].*\(0, 1\], got 1.5"),
+    ({**LLAMA, "partial_rotary_factor": 0}, ValueError, r"config\['partial_rotary_factor'\]: must be > 0"),
+    ({**LLAMA, "partial_rotary_factor": True}, TypeError, r"config\['partial_rotary_factor'\]: expected a number"),
+    ({**LLAMA, "max_position_embeddings": 4096.7}, ValueError,
+     r"config\['max_position_embeddings'\]: expected an integer, got 4096.7"),
+    ({**LLAMA, "max_position_embeddings": "4096"}, TypeError,
+     r"config\['max_position_embeddings'\]: expected a number"),
+    ({**LLAMA, "max_position_embeddings": float("inf")}, ValueError, r"max_position_embeddings'\]: must be finite"),
+    ({**LLAMA, "num_attention_heads": 0}, ValueError, r"config\['num_attention_heads'\]: must be >= 1, got 0"),
+    ({**LLAMA, "num_attention_heads": False}, TypeError, r"config\['num_attention_heads'\]: expected a number"),
+    ({**LLAMA, "hidden_size": -64}, ValueError, r"config\['hidden_size'\]: must be >= 1"),
+    ({**LLAMA, "head_dim": 63}, ValueError, r"rotary dim .*positive even integer <= 65536, got 63"),
+    ({**LLAMA, "rope_theta": -1.0}, ValueError, r"config\['rope_theta'\]: must be > 1.0"),
+    ({**LLAMA, "rope_theta": "1e4"}, TypeError, r"config\['rope_theta'\]: expected a number"),
+    ({**LLAMA, "rope_scaling": "linear"}, TypeError, r"config\['rope_scaling'\]: expected a dict"),
+    ({**LLAMA, "rope_parameters": ["yarn"]}, TypeError, r"config\['rope_parameters'\]: expected a dict"),
+    ({**LLAMA, "rope_scaling": {"rope_type": ["yarn"], "factor": 2.0}}, TypeError, r"rope rope_type must be a string"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "longrope", "short_factor": "1111", "long_factor": [1.0] * 64,
+                                "original_max_position_embeddings": 4096}}, TypeError,
+     r"scaling\['short_factor'\]: expected a list of numbers, got '1111'"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 64, "long_factor": [1.0] * 64,
+                                "original_max_position_embeddings": 1}}, ValueError,
+     r"original_max_position_embeddings'\]: must be >= 2, got 1"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "mscale": 1e300}}, ValueError,
+     r"scaling\['mscale'\] / scaling\['mscale_all_dim'\]: gives attention scaling"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "attention_factor": 1e300}}, ValueError,
+     r"scaling\['attention_factor'\]: gives attention scaling 1e\+300"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "ntk", "factor": 1e308}}, ValueError,
+     r"scaling\['factor'\] \(ntk\): factor \*\* \(dim / \(dim - 2\)\) overflows"),
+    ({**LLAMA, "rope_ratio": 0}, ValueError, r"config\['rope_ratio'\]: must be > 0"),
+    ({"hidden_size": 64, "num_attention_heads": 1}, ValueError, "missing required field 'max_position_embeddings'"),
+]
+
+
+@pytest.mark.parametrize("cfg,exc,match", BAD_CONFIGS, ids=lambda v: None)
+def test_bad_config_fields_name_the_field(cfg, exc, match):
+    with pytest.raises(exc, match=match):
+        RotaryEmbedding.from_hf_config(cfg)
+
+
+def test_bad_files_name_the_path_and_problem(tmp_path):
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text('{"rope_theta": 1e4,')
+    with pytest.raises(ValueError, match=r"config: '.*bad.json' is not valid JSON: .* at line 1"):
+        RotaryEmbedding.from_hf_config(bad_json)
+    bad_utf8 = tmp_path / "latin1.json"
+    bad_utf8.write_bytes(b'{"model_type": "caf\xe9"}')
+    with pytest.raises(ValueError, match=r"config: '.*latin1.json' is not UTF-8 text"):
+        RotaryEmbedding.from_hf_config(bad_utf8)
+    array = tmp_path / "array.json"
+    array.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"does not hold a JSON object \(got a JSON list\)"):
+        RotaryEmbedding.from_hf_config(array)
+    with pytest.raises(FileNotFoundError, match=r"config: no such file '.*missing.json'"):
+        RotaryEmbedding.from_hf_config(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError, match=r"config: no such file '.*config.json'"):
+        RotaryEmbedding.from_hf_config(tmp_path)  # a folder without config.json
+
+
+@pytest.mark.parametrize("hub_id", ["deepseek-ai/DeepSeek-V3", "meta-llama/Llama-3.1-8B"])
+def test_hub_id_says_how_to_download(hub_id):
+    with pytest.raises(ValueError, match=rf"'{hub_id}' is not a local file.*Hugging Face Hub id.*only local paths, "
+                                         rf"dicts and config objects.*huggingface-cli download {hub_id} config.json"
+                                         r".*hf_hub_download"):
+        RotaryEmbedding.from_hf_config(hub_id)
+
+
+# -------------------------------------------- compute_frequencies and the dataclasses validate like the constructor
+BAD_FREQUENCY_ARGS = [
+    (dict(dim=63), ValueError, "dim: must be a positive even integer <= 65536, got 63"),
+    (dict(dim=64.0), TypeError, "dim: expected a positive even int"),
+    (dict(dim=True), TypeError, "dim: expected a positive even int"),
+    (dict(base=-10000.0), ValueError, r"base: must be > 1.0, got -10000.0"),
+    (dict(base=float("nan")), ValueError, "base: must be finite"),
+    (dict(base="1e4"), TypeError, "base: expected a number"),
+    (dict(max_position_embeddings=0), ValueError, "max_position_embeddings: must be >= 1"),
+    (dict(precision="double"), ValueError, "precision: unknown precision 'double'"),
+    (dict(seq_len=-1), ValueError, "seq_len: must be >= 0"),
+    (dict(cfg="linear"), TypeError, r"scaling: expected None, a dict .* got 'linear'"),
+    (dict(cfg={"rope_type": ["yarn"], "factor": 2.0}), TypeError, r"scaling\['rope_type'\]: expected a string"),
+    (dict(cfg={"rope_type": "ntk", "factor": 1e308}), ValueError, r"scaling\['factor'\] \(ntk\).*overflows"),
+    (dict(cfg={"rope_type": "yarn", "factor": 40.0, "mscale": 1e300}), ValueError, "gives attention scaling"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,match", BAD_FREQUENCY_ARGS)
+def test_compute_frequencies_validates_like_the_constructor(kwargs, exc, match):
+    args = dict(cfg=None, dim=64, base=10000.0, max_position_embeddings=4096)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        compute_frequencies(**args)
+    ctor = {k: v for k, v in args.items() if k not in ("cfg", "seq_len")}
+    if "seq_len" not in kwargs:
+        with pytest.raises(exc, match=match):
+            RotaryEmbedding(ctor.pop("dim"), scaling=args["cfg"], **ctor)
+
+
+def test_compute_frequencies_takes_dicts_like_the_constructor():
+    d = {"rope_type": "linear", "factor": 4.0}
+    np.testing.assert_array_equal(compute_frequencies(d, 64, 1e4, 4096).inv_freq,
+                                  RotaryEmbedding(64, 4096, scaling=d).inv_freq)
+
+
+@pytest.mark.parametrize("make,exc,match", [
+    (lambda: LinearScaling(0.5), ValueError, r"scaling\['factor'\] \(linear\): must be >= 1.0, got 0.5"),
+    (lambda: LinearScaling(2.0, rope_type="bogus"), ValueError, r"rope_type: LinearScaling has rope_type 'linear', "
+                                                                r"got 'bogus'"),
+    (lambda: LinearScaling("2"), TypeError, r"scaling\['factor'\] \(linear\): expected a number"),
+    (lambda: YarnScaling(40.0, mscale=1e300), ValueError, "gives attention scaling"),
+    (lambda: YarnScaling(40.0, attention_factor=float("inf")), ValueError, r"attention_factor'\]: must be finite"),
+    (lambda: YarnScaling(40.0, truncate="no"), TypeError, r"scaling\['truncate'\]: expected a bool"),
+    (lambda: LongRopeScaling("abc", (1.0,)), TypeError, r"scaling\['short_factor'\]: expected a list of numbers"),
+    (lambda: LongRopeScaling((1.0,), (1.0,), original_max_position_embeddings=1), ValueError, r"must be >= 2"),
+    (lambda: LongRopeScaling((1.0, True), (1.0, 1.0)), TypeError, r"scaling\['short_factor'\]\[1\]: expected a number"),
+])
+def test_dataclasses_validate_on_construction(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_longrope_dataclass_is_hashable_from_lists():
+    a = LongRopeScaling([1.0, 2.0], [3.0, 4.0], 4096)
+    assert hash(a) == hash(LongRopeScaling((1.0, 2.0), (3.0, 4.0), 4096))
+
+
+def test_dynamic_base_overflow_is_a_value_error_naming_seq_len():
+    rope = RotaryEmbedding(4, 1, scaling={"rope_type": "dynamic", "factor": 1e200}, backend="numpy")
+    cos, _ = rope.cos_sin(1)
+    before = (rope.inv_freq.copy(), rope.cache_info())
+    with pytest.raises(ValueError, match=r"seq_len: dynamic NTK's base overflows at seq_len=1048576"):
+        rope.cos_sin(2**20)
+    np.testing.assert_array_equal(rope.inv_freq, before[0])
+    assert rope.cache_info() == before[1]
+    np.testing.assert_array_equal(rope.cos_sin(1)[0], cos)
