@@ -160,6 +160,8 @@ def _fork_safe(layer: str | None, state: _LaunchState) -> bool:
 
 
 def _before_fork() -> None:
+    """In the parent: decide whether the child runs serial twins, and if so compile them now (once), so
+    that children inherit the machine code. Never raises: a failure only defers compiling to the child."""
     state = _state
     state.serial_after_fork = state.serial or not _fork_safe(started_layer(), state)
     if state.serial_after_fork:
@@ -171,6 +173,7 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
+    """In the child: fresh locks (a parent thread may have held one at the fork) and the decided mode."""
     state = _state
     if state.lock is not None:
         state.lock = threading.Lock()  # the parent's may have been held by another thread
