@@ -14,6 +14,10 @@ dtype. Angles beyond ``2**27 * pi/2`` (only reachable in exact mode past ~2e8 po
 kernel with libm ``sin``/``cos``.
 
 ``fastmath`` is off: it lets LLVM contract and reassociate, which changes results.
+
+Threads and forks: the parallel kernels are launched through :mod:`._numba_threads`, which serializes
+launches under numba's non-thread-safe ``workqueue`` layer and runs bit-identical serial twins in a child
+forked after a non-fork-safe layer (GNU OpenMP) started.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ except ImportError as exc:  # pragma: no cover - exercised only without numba
     raise BackendUnavailableError(
         "backend 'numba': numba is not installed (pip install numba, or reinstall ropeflow)"
     ) from exc
+
+from ._numba_threads import parallel_kernel  # noqa: E402  (needs numba)
 
 # pi/2 = _PIO2_1 + _PIO2_2 + _PIO2_3, the first two with 26 significant bits.
 _PIO2_1 = float.fromhex("0x1.921fb50000000p+0")
@@ -65,6 +71,11 @@ def _jit(**options: Any):
             return njit(cache=False, **_OPTIONS, **options)(fn)
 
     return decorate
+
+
+#: Decorator for the parallel kernels: thread- and fork-safe launches with a bit-identical serial twin
+#: (see :mod:`._numba_threads`).
+_parallel_kernel = parallel_kernel(_jit)
 
 
 @_jit(inline="always")
@@ -110,7 +121,7 @@ def _quadrant(k, s, c):
     return sv, cv
 
 
-@_jit(parallel=True)
+@_parallel_kernel
 def _table_rows_f32(inv_freq, start, divisor, scale, use_divisor, use_scale, use_libm, cos_out, sin_out):
     """Reference precision: float32 angle, float32 tables (cos/sin rounded once from float64)."""
     rows = cos_out.shape[0]
@@ -136,7 +147,7 @@ def _table_rows_f32(inv_freq, start, divisor, scale, use_divisor, use_scale, use
             sin_out[i, j + half] = sf
 
 
-@_jit(parallel=True)
+@_parallel_kernel
 def _table_rows_f64(inv_freq, start, divisor, scale, use_libm, cos_out, sin_out):
     """Exact precision: float64 angle and sin/cos, rounded once to the table dtype (float32 or float64)."""
     rows = cos_out.shape[0]
@@ -281,7 +292,7 @@ def _put_impl(row, i, v):
     return put_float
 
 
-@_jit(parallel=True)
+@_parallel_kernel
 def _apply_rows(x, out, cos, sin, positions, layout, rotary_dim, sign, copy_rest):
     """One parallel iteration per (batch, head, seq) row, one rotated pair per inner iteration (the CUDA
     kernel's decomposition). x, out: (B, H, S, D), any strides; positions: (B, S) rows of cos/sin.
