@@ -89,8 +89,10 @@ def _integer_array(xp: Any, value: Any, name: str) -> Any:
 
 def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int
                  ) -> tuple[Any, int]:
-    """``(positions, longest)``: ``(batch, seq)`` int64 table rows, validated against ``table_len``, and the
-    largest position + 1 (0 for no positions). ``xp`` is the input's array module (numpy or cupy).
+    """``(positions, longest)``: ``(batch, seq)`` int64 table rows (``(1, seq)`` when every batch row reads the
+    same positions; CuPy positions are always ``(batch, seq)``, with a zero stride where shared), validated
+    against ``table_len``, and the largest position + 1 (0 for no positions). ``xp`` is the input's array module
+    (numpy or cupy).
 
     Device (CuPy) ``position_ids`` are not read back to the host: ``longest`` is then None, and the kernel
     guards every position against the table length instead (see ``CupyBackend.check_errors``)."""
@@ -119,7 +121,7 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             raise ValueError(f"{name}: positions must be below 2**63, got a largest position of {hi}")
         pos = ids.astype(np.int64, copy=False)
         if pos.ndim == 1:
-            pos = xp.broadcast_to(pos[None, :], (n_batch, n_seq))
+            pos = pos[None, :]  # (1, seq): every batch row reads row 0 (host kernels broadcast it)
     else:
         if isinstance(offset, (int, np.integer)) and not isinstance(offset, (bool, np.bool_)):
             lo = hi = int(offset)
@@ -144,12 +146,14 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             return xp.zeros((n_batch, n_seq), dtype=np.int64), 0
         hi += n_seq - 1
         if pos is None:
-            pos = xp.broadcast_to(xp.arange(lo, hi + 1, dtype=np.int64)[None, :], (n_batch, n_seq))
+            pos = xp.arange(lo, hi + 1, dtype=np.int64)[None, :]  # (1, seq), shared by every batch row
     if hi >= table_len:
         raise ValueError(
             f"{name}: the largest position is {hi} but the cos/sin tables have {table_len} rows; build "
             f"them for at least {hi + 1} positions"
         )
+    if xp is not np and pos.shape[0] != n_batch:
+        pos = xp.broadcast_to(pos, (n_batch, n_seq))  # the CUDA kernel reads (batch, seq) through strides
     return pos, hi + 1
 
 
@@ -223,9 +227,9 @@ class RotaryJob:
 
     def run(self, other: RotaryJob | None = None) -> None:
         """Run this job, and ``other`` (same tables, positions and layout) in the same launch where the
-        backend can (cupy: one launch for q and k)."""
+        backend can (numba and cupy: one launch for q and k)."""
         b = self.backend
-        fused = other is not None and not b.is_host and other.x4.shape[0] == self.x4.shape[0] \
+        fused = other is not None and other.x4.shape[0] == self.x4.shape[0] \
             and other.x4.shape[2] == self.x4.shape[2] and other.x4.dtype == self.x4.dtype
         if fused:
             b.apply(self.x4, self.out4, self.cos, self.sin, self.positions, self.layout, self.rotary_dim,

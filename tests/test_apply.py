@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import dtype_eps, to_numpy
+from conftest import HOST_BACKENDS, dtype_eps, to_numpy
 from hypothesis import given
 from hypothesis import strategies as st
 from reference import apply_naive
@@ -292,3 +292,27 @@ def test_failed_embedding_apply_builds_nothing():
     with pytest.raises(ValueError, match="smallest position of -4"):
         rope.apply(q, offset=-4)
     assert rope.cache_info()["builds"] == 0 and rope.max_seq_len_cached is None
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("seq_axis", [-2, -3])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_q_and_k_in_one_launch_with_different_heads_and_dims(backend, seq_axis, dtype):
+    """RotaryEmbedding.apply hands q and k to one kernel launch; head counts, head dims and partial rotary
+    differ between them, and decode-sized (serial) and prefill-sized (parallel) work both match the naive loop."""
+    dt = _dtype(dtype)
+    rng = np.random.default_rng(9)
+    rope = RotaryEmbedding(64, 512, 10000.0, backend=backend)
+    for batch, seq in ((3, 1), (2, 300)):
+        shape_q = (batch, 8, seq, 96) if seq_axis == -2 else (batch, seq, 8, 96)
+        shape_k = (batch, 2, seq, 80) if seq_axis == -2 else (batch, seq, 2, 80)
+        q = rng.standard_normal(shape_q).astype(dt)
+        k = rng.standard_normal(shape_k).astype(dt)
+        offsets = rng.integers(0, 512 - seq, batch)
+        q_rot, k_rot = rope.apply(q, k, offset=offsets, seq_axis=seq_axis)
+        pos = offsets[:, None] + np.arange(seq)[None, :]
+        cos, sin = rope.cos_sin(512, "float64" if dtype == "float64" else "float32")
+        for x, got in ((q, q_rot), (k, k_rot)):
+            x4 = x if seq_axis == -2 else x.transpose(0, 2, 1, 3)
+            g4 = got if seq_axis == -2 else got.transpose(0, 2, 1, 3)
+            _check_against_naive(g4, x4, cos, sin, pos, "half", 64)

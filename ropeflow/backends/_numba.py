@@ -254,6 +254,91 @@ def _encode(v, mant_bits, bias):
     return np.uint16(sign | h)
 
 
+@intrinsic
+def _f32_bits(typingctx, x):
+    """The IEEE bits of a float32 as an int32 (an LLVM bitcast)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, x):
+    """The float32 whose IEEE bits are the int32 ``x``."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.FloatType())
+
+    return sig, codegen
+
+
+@_jit(inline="always")
+def _odd_f32_bits(v):
+    """float64 ``v`` rounded to float32 *to odd* (truncate toward zero, then set the last bit if anything was
+    dropped), as int32 bits. Rounding that once more to a format with at least two bits fewer (float16: 11,
+    bfloat16: 8 significant bits; float32 has 24 at every exponent they reach) equals rounding ``v`` once:
+    the odd bit stands for the dropped tail, which can then never look like an exact halfway point."""
+    f = np.float32(v)
+    bits = _f32_bits(f)
+    inexact = np.float64(f) != v  # NaN too: harmless, the last mantissa bit of a NaN is free
+    toward_zero = inexact and abs(np.float64(f)) > abs(v)
+    bits = bits - np.int32(1) if toward_zero else bits
+    return bits | np.int32(1) if inexact else bits
+
+
+# float32 <-> float16 with integer and float32 operations only, so that LLVM vectorizes them (its half
+# conversions become scalar library calls here). After F. Giesen's float_to_half_fast3_rtne / half_to_float.
+_F16_MAX_AS_F32 = (127 + 16) << 23  # 2**16: at and above it float16 overflows
+_F32_INF = 255 << 23
+_F16_NORMAL_MIN_AS_F32 = 113 << 23  # 2**-14, the smallest normal float16
+_DENORM_MAGIC = ((127 - 15) + (23 - 10) + 1) << 23  # 0.5: adding it rounds to float16's subnormal spacing
+_REBIAS = (15 - 127) << 23
+
+
+@_jit(inline="always")
+def _encode_f16(v):
+    """float64 -> float16 bits (uint16), rounded once to nearest even: branch-free (selects), vectorizable.
+    ``v`` is first rounded to float32 to odd, then that to float16 to nearest even (one rounding overall)."""
+    f = np.int64(_odd_f32_bits(v)) & 0xFFFFFFFF
+    sign = (f >> 16) & 0x8000
+    a = f & 0x7FFFFFFF
+    special = 0x7E00 if a > _F32_INF else 0x7C00  # NaN stays a quiet NaN; inf and overflow give inf
+    sub = np.int64(_f32_bits(_bits_f32(np.int32(a)) + _bits_f32(np.int32(_DENORM_MAGIC)))) - _DENORM_MAGIC
+    normal = (a + _REBIAS + 0xFFF + ((a >> 13) & 1)) >> 13
+    h = special if a >= _F16_MAX_AS_F32 else (sub if a < _F16_NORMAL_MIN_AS_F32 else normal)
+    return np.uint16(h | sign)
+
+
+@_jit(inline="always")
+def _decode_f16(bits):
+    """float16 bits (uint16) -> float64, exactly: the exponent moved into float32's, subnormals rescaled by
+    an exact float32 multiply, inf/NaN kept."""
+    h = np.int32(bits)
+    em = h & 0x7FFF
+    f = _bits_f32(np.int32(em << 13)) * np.float32(2.0**112)  # normal and subnormal values, exact
+    f = _bits_f32(np.int32((em << 13) | _F32_INF)) if em >= 0x7C00 else f
+    v = np.float64(f)
+    return -v if (h & 0x8000) != 0 else v
+
+
+@_jit(inline="always")
+def _encode_bf16(v):
+    """float64 -> bfloat16 bits (as int16), rounded once to nearest even: branch-free, vectorizable."""
+    b = np.int64(_odd_f32_bits(v)) & 0xFFFFFFFF
+    h = ((b >> 16) | 0x40) if v != v else (b + 0x7FFF + ((b >> 16) & 1)) >> 16  # NaN stays a quiet NaN
+    return np.int16(h)  # the low 16 bits
+
+
+@_jit(inline="always")
+def _decode_bf16(bits):
+    """bfloat16 bits (int16) -> float64, exactly: the upper half of a float32."""
+    return np.float64(_bits_f32(np.int32(bits) << 16))
+
+
 def _get(row, i):
     """``row[i]`` as float64; float16 rows arrive as uint16 views, bfloat16 rows as int16 views."""
 
@@ -265,9 +350,9 @@ def _put(row, i, v):
 @overload(_get)
 def _get_impl(row, i):
     if row.dtype == types.uint16:
-        return lambda row, i: _f16_to_f64(row[i])
+        return lambda row, i: _decode_f16(row[i])
     if row.dtype == types.int16:
-        return lambda row, i: _decode(np.int64(row[i]) & 0xFFFF, 7, 127)
+        return lambda row, i: _decode_bf16(row[i])
     return lambda row, i: np.float64(row[i])
 
 
@@ -276,13 +361,13 @@ def _put_impl(row, i, v):
     if row.dtype == types.uint16:
 
         def put_f16(row, i, v):
-            row[i] = _encode(v, 10, 15)
+            row[i] = _encode_f16(v)
 
         return put_f16
     if row.dtype == types.int16:
 
         def put_bf16(row, i, v):
-            row[i] = _encode(v, 7, 127)  # uint16 -> int16 view: the same 16 bits
+            row[i] = _encode_bf16(v)
 
         return put_bf16
 
@@ -292,55 +377,100 @@ def _put_impl(row, i, v):
     return put_float
 
 
-@_parallel_kernel
-def _apply_rows(x, out, cos, sin, positions, layout, rotary_dim, sign, copy_rest):
-    """One parallel iteration per (batch, head, seq) row, one rotated pair per inner iteration (the CUDA
-    kernel's decomposition). x, out: (B, H, S, D), any strides; positions: (B, S) rows of cos/sin.
+@_jit(inline="always")
+def _rotate_row(xr, orow, crow, srow, layout, half, sign, rotary_dim, copy_rest):
+    """One (batch, head, seq) row: rotate its pairs by the angles of one table row; copy the rest if asked.
     layout: 0 "half", 1 "interleaved", 2 "deepseek" (a separate inner loop each, so LLVM sees unit strides)."""
-    n_batch, n_heads, n_seq, head_dim = x.shape
-    half = rotary_dim // 2
+    if layout == 0:
+        for j in range(half):
+            c = np.float64(crow[j])
+            sn = sign * np.float64(srow[j])
+            x1 = _get(xr, j)
+            x2 = _get(xr, j + half)
+            _put(orow, j, x1 * c - x2 * sn)
+            _put(orow, j + half, x2 * c + x1 * sn)
+    elif layout == 1:
+        for j in range(half):
+            c = np.float64(crow[j])
+            sn = sign * np.float64(srow[j])
+            x1 = _get(xr, 2 * j)
+            x2 = _get(xr, 2 * j + 1)
+            _put(orow, 2 * j, x1 * c - x2 * sn)
+            _put(orow, 2 * j + 1, x2 * c + x1 * sn)
+    else:
+        for j in range(half):
+            c = np.float64(crow[j])
+            sn = sign * np.float64(srow[j])
+            x1 = _get(xr, 2 * j)
+            x2 = _get(xr, 2 * j + 1)
+            _put(orow, j, x1 * c - x2 * sn)
+            _put(orow, j + half, x2 * c + x1 * sn)
+    if copy_rest:
+        for k in range(rotary_dim, xr.shape[0]):
+            orow[k] = xr[k]
+
+
+@_jit(inline="always")
+def _row_index(r, n_heads, n_seq, token_major):
+    """(b, h, s) of row ``r`` in (batch, head, seq) order, or (batch, seq, head) order for token-major memory."""
     per_batch = n_heads * n_seq
-    for r in prange(n_batch * per_batch):
-        b = r // per_batch
-        h = (r - b * per_batch) // n_seq
-        s = r - b * per_batch - h * n_seq
-        p = positions[b, s]
-        xr = x[b, h, s]
-        orow = out[b, h, s]
-        crow = cos[p]
-        srow = sin[p]
-        if layout == 0:
-            for j in range(half):
-                c = np.float64(crow[j])
-                sn = sign * np.float64(srow[j])
-                x1 = _get(xr, j)
-                x2 = _get(xr, j + half)
-                _put(orow, j, x1 * c - x2 * sn)
-                _put(orow, j + half, x2 * c + x1 * sn)
-        elif layout == 1:
-            for j in range(half):
-                c = np.float64(crow[j])
-                sn = sign * np.float64(srow[j])
-                x1 = _get(xr, 2 * j)
-                x2 = _get(xr, 2 * j + 1)
-                _put(orow, 2 * j, x1 * c - x2 * sn)
-                _put(orow, 2 * j + 1, x2 * c + x1 * sn)
+    b = r // per_batch
+    rest = r - b * per_batch
+    if token_major:
+        s = rest // n_heads
+        return b, rest - s * n_heads, s
+    h = rest // n_seq
+    return b, h, rest - h * n_seq
+
+
+@_jit(inline="always")
+def _row(a, b, h, s, token_major):
+    """Row (b, h, s) of a (B, H, S, D) array, or of a (B, S, H, D) array when ``token_major``."""
+    return a[b, s, h] if token_major else a[b, h, s]
+
+
+@_parallel_kernel
+def _apply_rows(x, out, k, k_out, rows_k, cos, sin, positions, layout, rotary_dim, sign, copy_q, copy_k,
+                token_major):
+    """Rotate q (``x`` -> ``out``) and k (``k`` -> ``k_out``, its first ``rows_k`` rows: 0 for q alone) in one
+    launch: one parallel iteration per (batch, head, seq) row of either tensor, one rotated pair per inner
+    iteration (the CUDA kernel's decomposition). Head counts and head dims may differ between q and k;
+    positions: (B, S) or (1, S) rows of cos/sin.
+
+    Arrays are (B, H, S, D), any strides, walked in (b, h, s) order; with ``token_major`` they are passed as
+    (B, S, H, D) (their memory order, typically C-contiguous, so that the rows are unit-stride for LLVM) and
+    walked in (b, s, h) order."""
+    n_batch = x.shape[0]
+    n_heads, n_seq = (x.shape[2], x.shape[1]) if token_major else (x.shape[1], x.shape[2])
+    k_heads = k.shape[2] if token_major else k.shape[1]
+    half = rotary_dim // 2
+    rows_q = n_batch * n_heads * n_seq
+    shared_positions = positions.shape[0] == 1
+    for r in prange(rows_q + rows_k):
+        if r < rows_q:
+            b, h, s = _row_index(r, n_heads, n_seq, token_major)
+            p = positions[0 if shared_positions else b, s]
+            _rotate_row(_row(x, b, h, s, token_major), _row(out, b, h, s, token_major), cos[p], sin[p], layout,
+                        half, sign, rotary_dim, copy_q)
         else:
-            for j in range(half):
-                c = np.float64(crow[j])
-                sn = sign * np.float64(srow[j])
-                x1 = _get(xr, 2 * j)
-                x2 = _get(xr, 2 * j + 1)
-                _put(orow, j, x1 * c - x2 * sn)
-                _put(orow, j + half, x2 * c + x1 * sn)
-        if copy_rest:
-            for k in range(rotary_dim, head_dim):
-                orow[k] = xr[k]
+            b, h, s = _row_index(r - rows_q, k_heads, n_seq, token_major)
+            p = positions[0 if shared_positions else b, s]
+            _rotate_row(_row(k, b, h, s, token_major), _row(k_out, b, h, s, token_major), cos[p], sin[p], layout,
+                        half, sign, rotary_dim, copy_k)
 
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
-# Numba has neither float16 nor bfloat16 arrays: they travel as 16-bit integer views, told apart by sign.
-_RAW_VIEWS = {"float16": np.uint16, "bfloat16": np.int16}
+# Numba has neither float16 nor bfloat16 arrays: they travel as 16-bit integer views, told apart by sign
+# (keyed by dtype.char: dtype.name is computed in Python on every access).
+_RAW_VIEWS = {np.dtype(np.float16).char: np.uint16}
+try:
+    import ml_dtypes
+
+    _RAW_VIEWS[np.dtype(ml_dtypes.bfloat16).char] = np.int16
+except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
+    pass
+#: Rotations of fewer elements (q and k together) than this run serially on the calling thread.
+SERIAL_ELEMENTS = 1 << 16
 
 
 class NumbaBackend:
@@ -371,17 +501,38 @@ class NumbaBackend:
 
 
     def apply(self, x: np.ndarray, out: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.ndarray,
-              layout: str, rotary_dim: int, inverse: bool) -> None:
-        """Rotate ``x`` into ``out`` in one fused pass (see :func:`_apply_rows`). Strided views are read in
-        place; only an in-place "deepseek" call (which permutes channels within a row) copies ``x`` first."""
-        copy_rest = rotary_dim < x.shape[-1] and not same_view(x, out)
+              layout: str, rotary_dim: int, inverse: bool, k: np.ndarray | None = None,
+              k_out: np.ndarray | None = None) -> None:
+        """Rotate ``x`` into ``out`` (and ``k`` into ``k_out``) in one fused launch (see :func:`_apply_rows`).
+
+        x, out, k, k_out: (B, H, S, D) views (q and k share B and S); positions: (B, S) or (1, S) int64.
+        Strided views are read in place; only an in-place "deepseek" call (which permutes channels within a
+        row) copies its input first. Work below :data:`SERIAL_ELEMENTS` elements runs on the calling thread
+        (the serial twin: same code, same bits), since waking the thread pool costs more than it saves.
+        """
+        copy_q = rotary_dim < x.shape[-1] and not same_view(x, out)
         if layout == "deepseek" and np.may_share_memory(x, out):
             x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
-        view = _RAW_VIEWS.get(x.dtype.name)
+        view = _RAW_VIEWS.get(x.dtype.char)
         if view is not None:
             x, out = x.view(view), out.view(view)
-        _apply_rows(x, out, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim, -1.0 if inverse else 1.0,
-                    copy_rest)
+        if k is None:
+            k, k_out, rows_k, copy_k = x, out, 0, False
+        else:
+            copy_k = rotary_dim < k.shape[-1] and not same_view(k, k_out)
+            if layout == "deepseek" and np.may_share_memory(k, k_out):
+                k = k.copy()
+            if view is not None:
+                k, k_out = k.view(view), k_out.view(view)
+            rows_k = k.shape[0] * k.shape[1] * k.shape[2]
+        # walk rows in memory order: token-major when the head stride is the smaller (e.g. seq_axis=-3 inputs)
+        token_major = x.shape[1] > 1 and x.shape[2] > 1 and abs(x.strides[1]) < abs(x.strides[2])
+        if token_major:
+            x, out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (x, out, k, k_out))
+        work = (x.size + k.size * (rows_k > 0))
+        kernel = _apply_rows.serial if work < SERIAL_ELEMENTS else _apply_rows
+        kernel(x, out, k, k_out, rows_k, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim,
+               -1.0 if inverse else 1.0, copy_q, copy_k, token_major)
 
 
 def make_backend() -> NumbaBackend:

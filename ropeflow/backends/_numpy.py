@@ -54,11 +54,15 @@ class NumpyBackend:
 
 
     def apply(self, x: np.ndarray, out: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.ndarray,
-              layout: str, rotary_dim: int, inverse: bool) -> None:
-        """Rotate ``x`` into ``out``; both ``(batch, heads, seq, head_dim)`` views (any strides, may alias).
+              layout: str, rotary_dim: int, inverse: bool, k: np.ndarray | None = None,
+              k_out: np.ndarray | None = None) -> None:
+        """Rotate ``x`` into ``out`` (and ``k`` into ``k_out``); ``(batch, heads, seq, head_dim)`` views (any
+        strides, may alias).
 
-        positions: ``(batch, seq)`` int64 rows of the tables; cos/sin: ``(table_len, rotary_dim)``.
+        positions: ``(batch, seq)`` or ``(1, seq)`` int64 rows of the tables; cos/sin: ``(table_len, rotary_dim)``.
         """
+        if k is not None:
+            self.apply(k, k_out, cos, sin, positions, layout, rotary_dim, inverse)
         half = rotary_dim // 2
         c = cos[positions][:, None, :, :half].astype(np.float64)  # (batch, 1, seq, half)
         s = sin[positions][:, None, :, :half].astype(np.float64)
