@@ -24,6 +24,8 @@ QUICK_CPU_SIZES = [(4096, 64), (32768, 64)]
 GPU_SIZES = [(4096, 64), (163840, 64), (131072, 128), (1048576, 128)]
 QUICK_GPU_SIZES = [(4096, 64), (163840, 64)]
 CPU_COLUMNS = ["torch", "numpy", "numba", "exact", "floor"]
+#: Also time ``import ropeflow`` and the first numba call in fresh processes (a few seconds).
+MEASURE_STARTUP = True
 
 
 def ropeflow_build(backend: str, n: int, dim: int, precision: str = "reference"):
@@ -124,6 +126,8 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
                   f"{t_decode / (t_build + steps * hit):.2f}x (target <= 2x, budget {budget * 1e3:.2f} ms)")
 
     progress.step("import and first call")
+    if not MEASURE_STARTUP:
+        return res
     code = "import time; t=time.perf_counter(); import ropeflow; print(time.perf_counter()-t)"
     n_proc = 2 if quick else 5
     imports = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
