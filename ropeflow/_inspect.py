@@ -207,7 +207,7 @@ def format_report(rep: RopeReport) -> str:
     scaling = ", ".join(f"{k}={v}" for k, v in rep.scaling.items() if k != "rope_type") or "none"
     rows = [
         ("rope type", rep.rope_type),
-        ("scaling", scaling),
+        ("scaling (resolved)", scaling),
         ("rotary dim", f"{rep.dim} ({rep.n_frequencies} frequencies)"),
         ("base (rope_theta)", f"{rep.base:g}"),
         ("original context", original),

@@ -161,7 +161,8 @@ def plot_bench(results: dict[str, Any], output: str) -> str:
         ax.legend(fontsize=8)
     machine = results.get("machine")
     if machine:
-        fig.suptitle(machine, fontsize=8)
+        when = f"{results['when']}, load average {results.get('load_average_before')}, " if "when" in results else ""
+        fig.suptitle(f"ropeflow bench: {when}{machine}", fontsize=8)
     fig.savefig(output, format=fmt, dpi=110, metadata={"Date": None} if fmt == "svg" else None)
     plt.close(fig)
     return output

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,7 +64,8 @@ def run(suites: Sequence[str] = ("tables", "apply"), backend: str = "cpu", *, qu
     gpu = backend == "cupy"
     total = sum(SUITES[s].gpu_steps(quick) if gpu else SUITES[s].cpu_steps(quick) for s in suites)
     bar = Progress(total, enabled=progress)
-    results: dict[str, Any] = {}
+    results: dict[str, Any] = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                               "load_average_before": _load()}
     try:
         for i, s in enumerate(suites):
             if i:
@@ -72,8 +75,19 @@ def run(suites: Sequence[str] = ("tables", "apply"), backend: str = "cpu", *, qu
             results[s] = (module.gpu_main if gpu else module.cpu_main)(n, quick, bar)
     finally:
         bar.close()
+    results["load_average_after"] = _load()
     results["machine"] = next(iter(r["machine"] for k, r in results.items() if k in SUITES))
+    bar.echo(f"\n{results['when']}; 1-minute load average {results['load_average_before']} before, "
+             f"{results['load_average_after']} after ({os.cpu_count()} cores)")
     return results
+
+
+def _load() -> float | None:
+    """The 1-minute load average (None where the OS has none): how busy the machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def script_main(suite: str, doc: str, argv: Sequence[str] | None = None) -> None:
