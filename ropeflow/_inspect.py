@@ -59,9 +59,9 @@ def resolve_target(target: str) -> tuple[str, dict[str, Any]]:
 class RopeReport:
     """The rotary facts of one config (one layer type), as ``ropeflow inspect`` prints them.
 
-    Contexts are in positions. ``extended_context`` is ``None`` for dynamic NTK without a nominal
-    length. Wavelengths are ``2 pi * position_divisor / inv_freq`` in positions, from exact-precision
-    frequencies at the extended context.
+    Contexts are in positions; for dynamic NTK, which has no upper length, ``extended_context`` is the
+    nominal ``factor * max_position_embeddings``. Wavelengths are ``2 pi * position_divisor / inv_freq`` in
+    positions, from exact-precision frequencies at the extended context.
     """
 
     label: str

@@ -246,6 +246,33 @@ def test_inspect_uses_layout_and_layer_types_when_ropeflow_has_them(
     assert reps[0]["layer_types"] == ["sliding_attention", "full_attention"] * 2
 
 
+_PLAIN_LONGEST = 2 * math.pi * 10000.0 ** (62 / 64)
+
+
+@pytest.mark.parametrize("scaling,original,extended,longest,attention", [
+    ({"rope_type": "linear", "factor": 4.0}, 4096, 4096, 4 * _PLAIN_LONGEST, 1.0),
+    ({"rope_type": "ntk", "factor": 4.0}, 4096, 4096, 2 * math.pi * (10000.0 * 4 ** (64 / 62)) ** (62 / 64), 1.0),
+    ({"rope_type": "dynamic", "factor": 4.0}, 4096, 16384,
+     2 * math.pi * (10000.0 * (4 * 4 - 3) ** (64 / 62)) ** (62 / 64), 1.0),
+    ({"rope_type": "longrope", "short_factor": [1.0] * 32, "long_factor": [2.0] * 32,
+      "original_max_position_embeddings": 1024}, 1024, 4096, 2 * _PLAIN_LONGEST,
+     math.sqrt(1 + math.log(4) / math.log(1024))),
+], ids=["linear", "ntk", "dynamic", "longrope"])
+def test_inspect_rope_types(scaling: dict, original: int, extended: int, longest: float, attention: float,
+                            tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Contexts, longest wavelength and attention scaling, from each rope type's formula written out here."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"head_dim": 64, "max_position_embeddings": 4096, "rope_theta": 10000.0,
+                                "rope_scaling": scaling}))
+    rc, out, _ = run_cli(["inspect", str(path), "--json"], capsys)
+    assert rc == 0
+    (rep,) = json.loads(out)
+    assert (rep["rope_type"], rep["original_context"], rep["extended_context"]) == (scaling["rope_type"], original,
+                                                                                   extended)
+    assert rep["wavelength_longest"] == pytest.approx(longest, rel=1e-9)
+    assert rep["attention_scaling"] == pytest.approx(attention, rel=1e-6)
+
+
 @pytest.mark.parametrize("name", ropeflow.presets.names())
 def test_inspect_every_preset(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run_cli(["inspect", name, "--json"], capsys)
