@@ -15,6 +15,7 @@ per dtype until the table grows.
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,8 @@ class _Snapshot:
     rows: int
     cos: Any
     sin: Any
+    #: for torch/JAX tables: n -> (cos[:n], sin[:n]), since slicing a tensor costs a microsecond or more
+    views: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -59,7 +62,7 @@ class Table:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = _Snapshot(0, None, None)
-        self._casts: dict[str, _Snapshot] = {}
+        self._casts: dict[Any, _Snapshot] = {}  # dtype name, or (dtype name, (library, device))
         self._prepared = self.backend.prepare(self.freqs, self.device)
         self._dtype_name = self.dtype.name
 
@@ -80,8 +83,14 @@ class Table:
             # geometric growth, capped at twice the request and at the limit (never below the request)
             new = max(n, min(2 * old, 2 * n, self.limit)) if self.grow else n
             dim = 2 * self.freqs.inv_freq.shape[0]
-            cos = self.backend.empty((new, dim), self.dtype, self.device)
-            sin = self.backend.empty((new, dim), self.dtype, self.device)
+            try:
+                cos = self.backend.empty((new, dim), self.dtype, self.device)
+                sin = self.backend.empty((new, dim), self.dtype, self.device)
+            except MemoryError:
+                raise MemoryError(
+                    f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
+                    f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"
+                ) from None
             if old:
                 cos[:old] = snap.cos[:old]
                 sin[:old] = snap.sin[:old]
@@ -94,24 +103,57 @@ class Table:
             self._casts = {}
             return snap
 
-    def get(self, n: int, dtype_name: str, xp_dtype: Any, xp: Any) -> tuple[Any, Any]:
-        """``(cos[:n], sin[:n])`` in ``xp_dtype`` (a memoized cast of the storage table)."""
+    def get(self, n: int, dtype_name: str, xp_dtype: Any, xp: Any, origin: Any = None) -> tuple[Any, Any]:
+        """``(cos[:n], sin[:n])`` in ``xp_dtype`` (a memoized cast of the storage table); with an ``origin``
+        (a torch or JAX caller) views of one memoized tensor per (library, device, dtype)."""
         snap = self.rows(n)
-        if dtype_name == self._dtype_name:
+        if origin is None and dtype_name == self._dtype_name:
             return snap.cos[:n], snap.sin[:n]
-        cast = self._casts.get(dtype_name)
+        memo_key = dtype_name if origin is None else (dtype_name, origin.key())
+        cast = self._casts.get(memo_key)
         if cast is None or cast.rows != snap.rows:
             with self._lock:
                 snap = self._snapshot
-                cast = self._casts.get(dtype_name)
+                cast = self._casts.get(memo_key)
                 if cast is None or cast.rows != snap.rows:
-                    cos = xp.astype(snap.cos, xp_dtype)
-                    sin = xp.astype(snap.sin, xp_dtype)
-                    _make_read_only(cos, sin)
-                    cast = _Snapshot(snap.rows, cos, sin)
-                    self._casts[dtype_name] = cast
-                    self.stats.casts += 1
-        return cast.cos[:n], cast.sin[:n]
+                    cast = self._make_cast(snap, dtype_name, xp_dtype, xp, origin)
+                    self._casts[memo_key] = cast
+        if origin is None:
+            return cast.cos[:n], cast.sin[:n]
+        pair = cast.views.get(n)
+        if pair is None:
+            pair = cast.cos[:n], cast.sin[:n]
+            if len(cast.views) < _MAX_VIEWS:
+                cast.views[n] = pair
+        return pair
+
+    def _make_cast(self, snap: _Snapshot, dtype_name: str, xp_dtype: Any, xp: Any, origin: Any) -> _Snapshot:
+        if dtype_name == self._dtype_name:
+            cos, sin = snap.cos, snap.sin
+        else:
+            plain = self._casts.get(dtype_name)
+            if plain is None or plain.rows != snap.rows:
+                cast_table = getattr(self.backend, "cast_table", None)
+                if cast_table is None:
+                    cos, sin = xp.astype(snap.cos, xp_dtype), xp.astype(snap.sin, xp_dtype)
+                else:  # on the table's device, float16/bfloat16 by the backend's own kernel
+                    cos = cast_table(snap.cos, xp_dtype, self.device)
+                    sin = cast_table(snap.sin, xp_dtype, self.device)
+                _make_read_only(cos, sin)
+                self._casts[dtype_name] = _Snapshot(snap.rows, cos, sin)
+                self.stats.casts += 1
+            else:
+                cos, sin = plain.cos, plain.sin
+        if origin is not None:
+            from ._interop import from_native
+
+            with warnings.catch_warnings():  # torch warns that NumPy's read-only flag does not carry over
+                warnings.simplefilter("ignore", UserWarning)
+                cos, sin = from_native(cos, origin), from_native(sin, origin)
+        return _Snapshot(snap.rows, cos, sin)
+
+
+_MAX_VIEWS = 256
 
 
 def _make_read_only(*arrays: Any) -> None:
@@ -127,11 +169,19 @@ _registry_lock = threading.Lock()
 
 def shared_table(backend: Any, device: Any, freqs: Frequencies, dtype: np.dtype, limit: int,
                  grow: bool = True) -> Table:
-    """The one table for this key, created on first use and shared by every caller while alive."""
-    key = (backend.name, device, freqs.key(), np.dtype(dtype).str, limit, grow)
+    """The one table for this key if some caller holds it, else a new one, not yet shared: a caller
+    :func:`publish` shares it once it served a call, so a failed call leaves the registry as it was."""
     with _registry_lock:
-        table = _registry.get(key)
-        if table is None:
-            table = Table(backend, device, freqs, np.dtype(dtype), limit, grow)
-            _registry[key] = table
-        return table
+        table = _registry.get(_key(backend, device, freqs, dtype, limit, grow))
+    return table if table is not None else Table(backend, device, freqs, np.dtype(dtype), limit, grow)
+
+
+def publish(table: Table) -> None:
+    """Share ``table`` with every later caller of :func:`shared_table` with its key (first one wins)."""
+    key = _key(table.backend, table.device, table.freqs, table.dtype, table.limit, table.grow)
+    with _registry_lock:
+        _registry.setdefault(key, table)
+
+
+def _key(backend: Any, device: Any, freqs: Frequencies, dtype: Any, limit: int, grow: bool) -> tuple:
+    return (backend.name, device, freqs.key(), np.dtype(dtype).str, limit, grow)

@@ -6,6 +6,7 @@ Supported caller arrays are NumPy arrays (host backends) and CuPy arrays (the ``
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
 
@@ -16,8 +17,8 @@ import numpy as np
 SUPPORTED_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def namespace(x: Any) -> Any:
-    """The array-API namespace of ``x`` (NumPy or CuPy), or a ``TypeError`` naming what is allowed."""
+def namespace(x: Any, name: str = "x") -> Any:
+    """The array-API namespace of ``x`` (NumPy or CuPy), or a ``TypeError`` naming ``name`` and what is allowed."""
     if type(x) is np.ndarray:  # the hot path: no lookups beyond this
         return _numpy_namespace or numpy_namespace()
     if not (is_numpy(x) or is_cupy(x)):
@@ -25,9 +26,20 @@ def namespace(x: Any) -> Any:
         if type(x).__module__.startswith("torch"):
             hint = " (for a torch.Tensor pass x.detach().cpu().numpy(), or a CuPy array via cupy.from_dlpack)"
         raise TypeError(
-            f"x: expected a NumPy or CuPy array, got {type(x).__module__}.{type(x).__name__}{hint}"
+            f"{name}: expected a NumPy or CuPy array, got {type(x).__module__}.{type(x).__name__}{hint}"
         )
     return array_api_compat.array_namespace(x)
+
+
+def array_module(x: Any) -> Any:
+    """The array library's own module for a NumPy or CuPy array (``numpy`` or ``cupy``): the front end's hot
+    path uses the handful of functions both spell alike, without the array-API wrappers."""
+    return np if isinstance(x, np.ndarray) else cupy_module()
+
+
+def cupy_module() -> Any:
+    """The ``cupy`` module (only called for CuPy arrays, so it is already imported)."""
+    return sys.modules["cupy"]
 
 
 _numpy_namespace = None
@@ -59,6 +71,14 @@ def device_key(x: Any) -> int | str:
     if is_cupy(x):
         return int(x.device.id)
     return "cpu"
+
+
+def device_scope(x: Any) -> Any:
+    """A context manager making ``x``'s device current (CuPy allocates on the current device), a no-op for
+    NumPy arrays."""
+    if is_cupy(x):
+        return x.device
+    return contextlib.nullcontext()
 
 
 def bfloat16_dtype() -> np.dtype:

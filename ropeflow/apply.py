@@ -17,9 +17,45 @@ from typing import Any
 import numpy as np
 
 from . import _xp
+from ._interop import from_native, to_native, to_native_or_none, writable_native
 from .backends import resolve
 
+#: Positions are int64 table rows.
+MAX_POSITION = 2**63 - 1
+
 LAYOUTS = ("half", "interleaved", "deepseek")
+
+
+def check_layout(layout: Any) -> str:
+    if not isinstance(layout, str) or layout not in LAYOUTS:
+        raise ValueError(f"layout: unknown layout {layout!r}; allowed: {', '.join(map(repr, LAYOUTS))}")
+    return layout
+
+
+def check_seq_axis(seq_axis: Any) -> int:
+    if isinstance(seq_axis, (bool, np.bool_)) or not isinstance(seq_axis, (int, np.integer)) \
+            or seq_axis not in (-2, -3):
+        raise ValueError(
+            f"seq_axis: expected -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), got {seq_axis!r}"
+        )
+    return int(seq_axis)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A real bool (``numpy.bool_`` included): a string such as ``'False'`` is not quietly true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_input(x: Any, name: str) -> Any:
+    """``x`` as a NumPy or CuPy array of a supported float dtype in native byte order (a non-native one is
+    converted: a copy), or a TypeError naming ``name``."""
+    _xp.namespace(x, name)
+    _xp.dtype_name(x.dtype, f"{name}.dtype")
+    if not x.dtype.isnative:
+        x = x.astype(x.dtype.newbyteorder("="))
+    return x
 
 
 def as_4d(a: Any, seq_axis: int, name: str) -> Any:
@@ -37,49 +73,84 @@ def as_4d(a: Any, seq_axis: int, name: str) -> Any:
     return a.transpose(0, 2, 1, 3)
 
 
-def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int) -> Any:
-    """``(batch, seq)`` int64 table rows, validated against the table length."""
+def _integer_array(xp: Any, value: Any, name: str) -> Any:
+    """``value`` as an integer array of ``xp``'s library, or a TypeError naming ``name``."""
+    if not hasattr(value, "dtype"):
+        try:
+            value = xp.asarray(value)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TypeError(f"{name}: expected an integer array, got {value!r} ({exc})") from None
+    elif _xp.is_numpy(value) != (xp is np):
+        raise TypeError(f"{name}: a {type(value).__module__} array with {xp.__name__} inputs; use one library")
+    if value.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {value.dtype}")
+    return value
+
+
+def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int
+                 ) -> tuple[Any, int]:
+    """``(positions, longest)``: ``(batch, seq)`` int64 table rows, validated against ``table_len``, and the
+    largest position + 1 (0 for no positions). ``xp`` is the input's array module (numpy or cupy).
+
+    Device (CuPy) ``position_ids`` are not read back to the host: ``longest`` is then None, and the kernel
+    guards every position against the table length instead (see ``CupyBackend.check_errors``)."""
+    name = "position_ids" if position_ids is not None else "offset"
     if position_ids is not None:
-        if not hasattr(position_ids, "dtype"):
-            position_ids = xp.asarray(position_ids)
-        if not xp.isdtype(position_ids.dtype, "integral"):
-            raise TypeError(f"position_ids: expected an integer array, got dtype {position_ids.dtype}")
-        if position_ids.ndim == 1:
-            if position_ids.shape[0] != n_seq:
-                raise ValueError(f"position_ids: shape {tuple(position_ids.shape)} does not match seq length {n_seq}")
-            pos = xp.broadcast_to(xp.astype(position_ids, xp.int64)[None, :], (n_batch, n_seq))
-        elif position_ids.ndim == 2:
-            if tuple(position_ids.shape) != (n_batch, n_seq):
+        ids = _integer_array(xp, position_ids, "position_ids")
+        if ids.ndim == 1:
+            if ids.shape[0] != n_seq:
+                raise ValueError(f"position_ids: shape {tuple(ids.shape)} does not match seq length {n_seq}")
+        elif ids.ndim == 2:
+            if tuple(ids.shape) != (n_batch, n_seq):
                 raise ValueError(
-                    f"position_ids: shape {tuple(position_ids.shape)} does not match (batch, seq) = {(n_batch, n_seq)}"
+                    f"position_ids: shape {tuple(ids.shape)} does not match (batch, seq) = {(n_batch, n_seq)}"
                 )
-            pos = xp.astype(position_ids, xp.int64)
         else:
-            raise ValueError(f"position_ids: expected shape (seq,) or (batch, seq), got {tuple(position_ids.shape)}")
-    else:
-        if isinstance(offset, bool):
-            raise TypeError(f"offset: expected an int or an integer array of shape (batch,), got {offset!r}")
-        if isinstance(offset, (int, np.integer)):
-            base = xp.full((n_batch, 1), int(offset), dtype=xp.int64)
-        else:
-            if not hasattr(offset, "dtype"):
-                offset = xp.asarray(offset)
-            if not xp.isdtype(offset.dtype, "integral"):
-                raise TypeError(f"offset: expected an int or an integer array, got dtype {offset.dtype}")
-            if offset.ndim != 1 or offset.shape[0] != n_batch:
-                raise ValueError(f"offset: expected shape (batch,) = ({n_batch},), got {tuple(offset.shape)}")
-            base = xp.astype(offset, xp.int64)[:, None]
-        pos = base + xp.arange(n_seq, dtype=xp.int64)[None, :]
-    if pos.size:
-        lo, hi = int(xp.min(pos)), int(xp.max(pos))
+            raise ValueError(f"position_ids: expected shape (seq,) or (batch, seq), got {tuple(ids.shape)}")
+        if ids.size == 0:
+            return xp.zeros((n_batch, n_seq), dtype=np.int64), 0
+        if xp is not np:  # device positions: guarded in the kernel (CupyBackend.check_errors), no device sync
+            pos = ids.astype(np.int64, copy=False)
+            return (xp.broadcast_to(pos[None, :], (n_batch, n_seq)) if pos.ndim == 1 else pos), None
+        lo, hi = int(ids.min()), int(ids.max())  # exact in the ids' own dtype: no uint64 wrap-around
         if lo < 0:
-            raise ValueError(f"positions: must be >= 0, got a smallest position of {lo}")
-        if hi >= table_len:
-            raise ValueError(
-                f"positions: the largest position is {hi} but the cos/sin tables have {table_len} rows; build "
-                f"them for at least {hi + 1} positions"
-            )
-    return pos
+            raise ValueError(f"{name}: positions must be >= 0, got a smallest position of {lo}")
+        if hi > MAX_POSITION:
+            raise ValueError(f"{name}: positions must be below 2**63, got a largest position of {hi}")
+        pos = ids.astype(np.int64, copy=False)
+        if pos.ndim == 1:
+            pos = xp.broadcast_to(pos[None, :], (n_batch, n_seq))
+    else:
+        if isinstance(offset, (int, np.integer)) and not isinstance(offset, (bool, np.bool_)):
+            lo = hi = int(offset)
+            if lo < 0:
+                raise ValueError(f"offset: positions must be >= 0, got a smallest position of {lo}")
+            if hi > MAX_POSITION - n_seq:
+                raise ValueError(f"offset: positions offset + arange(seq) must be below 2**63, got offset={hi}")
+            pos = None
+        else:
+            if isinstance(offset, (bool, np.bool_, float, np.floating, str)):
+                raise TypeError(f"offset: expected an int or an integer array of shape (batch,), got {offset!r}")
+            offsets = _integer_array(xp, offset, "offset")
+            if offsets.ndim != 1 or offsets.shape[0] != n_batch:
+                raise ValueError(f"offset: expected shape (batch,) = ({n_batch},), got {tuple(offsets.shape)}")
+            lo, hi = int(offsets.min()), int(offsets.max())
+            if lo < 0:
+                raise ValueError(f"offset: positions must be >= 0, got a smallest position of {lo}")
+            if hi > MAX_POSITION - n_seq:
+                raise ValueError(f"offset: positions offset + arange(seq) must be below 2**63, got offset={hi}")
+            pos = offsets.astype(np.int64, copy=False)[:, None] + xp.arange(n_seq, dtype=np.int64)[None, :]
+        if n_seq == 0 or n_batch == 0:
+            return xp.zeros((n_batch, n_seq), dtype=np.int64), 0
+        hi += n_seq - 1
+        if pos is None:
+            pos = xp.broadcast_to(xp.arange(lo, hi + 1, dtype=np.int64)[None, :], (n_batch, n_seq))
+    if hi >= table_len:
+        raise ValueError(
+            f"{name}: the largest position is {hi} but the cos/sin tables have {table_len} rows; build "
+            f"them for at least {hi + 1} positions"
+        )
+    return pos, hi + 1
 
 
 def apply_rotary(
@@ -107,14 +178,32 @@ def apply_rotary(
     layout: ``"half"``, ``"interleaved"`` or ``"deepseek"`` (see the module docstring).
     rotary_dim: channels to rotate (default ``cos.shape[-1]``); the rest are copied through.
     inverse: rotate by ``-angle`` (undoes a forward rotation).
-    out: destination of ``x``'s shape and dtype; ``out=x`` rotates in place.
+    out: destination of ``x``'s shape and dtype, writeable; ``out=x`` rotates in place. An ``out`` that
+        partly overlaps ``x`` is computed as if ``x`` had been copied first.
+
+    Arrays may be NumPy, CuPy, torch tensors (CPU: zero-copy NumPy views; CUDA: zero-copy CuPy views) or JAX
+    arrays (CPU); the result is in ``x``'s library (with ``out``: ``out`` itself, rotated in place).
 
     The math is done in float64 and rounded once to ``x.dtype``.
     """
+    origin = caller_out = None
+    if type(x) is not np.ndarray:
+        x, origin = to_native(x, "x")
+    cos, sin = to_native_or_none(cos, "cos"), to_native_or_none(sin, "sin")
+    if position_ids is not None and type(position_ids) is not np.ndarray:
+        position_ids = to_native_or_none(position_ids, "position_ids")
+    if not isinstance(offset, int):
+        offset = to_native_or_none(offset, "offset")
+    if out is not None and type(out) is not np.ndarray:
+        caller_out = out
+        out, out_origin = to_native(out, "out")
+        writable_native(out, out_origin)
     job = prepare(x, cos, sin, position_ids, offset=offset, layout=layout, rotary_dim=rotary_dim, inverse=inverse,
                   out=out, seq_axis=seq_axis, backend=backend)
     job.run()
-    return job.out
+    if caller_out is not None:
+        return caller_out
+    return job.out if out is not None else from_native(job.out, origin)
 
 
 @dataclass
@@ -147,6 +236,66 @@ class RotaryJob:
             other.run()
 
 
+def check_tables(x: Any, cos: Any, sin: Any) -> tuple[Any, Any]:
+    """``(cos, sin)`` checked against ``x`` and in the dtype the kernels read (float32; float64 for float64 x)."""
+    for name, table in (("cos", cos), ("sin", sin)):
+        _xp.namespace(table, name)
+        if _xp.is_cupy(table) != _xp.is_cupy(x):
+            raise TypeError(f"{name}: a {type(table).__module__} array with a {type(x).__module__} x; use one library "
+                            "(cupy.asarray / cupy.asnumpy)")
+        _xp.dtype_name(table.dtype, f"{name}.dtype")
+        if table.ndim != 2:
+            raise ValueError(f"{name}: expected a (table_len, rotary_dim) table, got shape {tuple(table.shape)}")
+    if tuple(cos.shape) != tuple(sin.shape):
+        raise ValueError(f"cos and sin: shapes differ: {tuple(cos.shape)} vs {tuple(sin.shape)}")
+    return _table_dtype(cos, x.dtype), _table_dtype(sin, x.dtype)
+
+
+def check_rotary_dim(rotary_dim: Any, x: Any, table_dim: int, name: str = "x") -> int:
+    head_dim = int(x.shape[-1])
+    rotary_dim = table_dim if rotary_dim is None else rotary_dim
+    if isinstance(rotary_dim, (bool, np.bool_)) or not isinstance(rotary_dim, (int, np.integer)):
+        raise TypeError(f"rotary_dim: expected an int, got {rotary_dim!r}")
+    if rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(f"rotary_dim: must be a positive even integer, got {rotary_dim}")
+    if rotary_dim > head_dim:
+        raise ValueError(f"rotary_dim: {rotary_dim} is larger than head_dim {head_dim} ({name} shape "
+                         f"{tuple(x.shape)})")
+    if rotary_dim != table_dim:
+        raise ValueError(f"rotary_dim: {rotary_dim} does not match the tables' width {table_dim}; build the "
+                         f"tables with dim={rotary_dim}")
+    return int(rotary_dim)
+
+
+def check_out(out: Any, x: Any, tables: tuple[Any, ...] = ()) -> None:
+    """``out`` must be a writeable, native-order array of ``x``'s library, shape and dtype, sharing no memory
+    with the tables."""
+    if _xp.is_cupy(out) != _xp.is_cupy(x) or not (_xp.is_numpy(out) or _xp.is_cupy(out)):
+        raise TypeError(f"out: a {type(out).__module__} array for a {type(x).__module__} x")
+    if tuple(out.shape) != tuple(x.shape) or out.dtype.newbyteorder("=") != x.dtype.newbyteorder("="):
+        raise ValueError(f"out: shape {tuple(out.shape)} dtype {out.dtype} must equal x's shape "
+                         f"{tuple(x.shape)} dtype {x.dtype}")
+    if not out.dtype.isnative:
+        raise ValueError(f"out: non-native byte order ({out.dtype.str}); pass a native-order array "
+                         f"({out.dtype.newbyteorder('=').str}) and convert afterwards")
+    if _xp.is_numpy(out):
+        if not out.flags.writeable:
+            raise ValueError("out: the array is read-only (a shared cos/sin table, or writeable=False); pass a "
+                             "writeable array, or out=None for a new one")
+        for table in tables:
+            if np.may_share_memory(out, table):
+                raise ValueError("out: shares memory with the cos/sin tables; pass a separate array")
+
+
+def unaliased(x: Any, out: Any) -> Any:
+    """``x``, or a copy of it when ``out`` overlaps it without being the very same view (a partial overlap):
+    the kernels rotate in place only element for element."""
+    if out is x or _xp.same_view(x, out):
+        return x
+    may_share = np.may_share_memory if _xp.is_numpy(x) else _xp.cupy_module().may_share_memory
+    return x.copy() if may_share(x, out) else x
+
+
 def prepare(
     x: Any,
     cos: Any,
@@ -162,55 +311,38 @@ def prepare(
     backend: str = "auto",
 ) -> RotaryJob:
     """Validate the arguments of :func:`apply_rotary` and return the job, not yet run."""
-    xp = _xp.namespace(x)
-    _xp.dtype_name(x.dtype, "x.dtype")
-    for name, table in (("cos", cos), ("sin", sin)):
-        _xp.namespace(table)
-        if _xp.is_cupy(table) != _xp.is_cupy(x):
-            raise TypeError(f"{name}: a {type(table).__module__} array with a {type(x).__module__} x; use one library "
-                            "(cupy.asarray / cupy.asnumpy)")
-        if table.ndim != 2:
-            raise ValueError(f"{name}: expected a (table_len, rotary_dim) table, got shape {tuple(table.shape)}")
-    if tuple(cos.shape) != tuple(sin.shape):
-        raise ValueError(f"cos and sin: shapes differ: {tuple(cos.shape)} vs {tuple(sin.shape)}")
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout: unknown layout {layout!r}; allowed: {', '.join(map(repr, LAYOUTS))}")
-    if seq_axis not in (-2, -3):
-        raise ValueError(
-            f"seq_axis: expected -2 (batch, heads, seq, dim) or -3 (batch, seq, heads, dim), got {seq_axis}"
-        )
-    head_dim = int(x.shape[-1])
-    table_dim = int(cos.shape[-1])
-    rotary_dim = table_dim if rotary_dim is None else rotary_dim
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, (int, np.integer)):
-        raise TypeError(f"rotary_dim: expected an int, got {rotary_dim!r}")
-    if rotary_dim <= 0 or rotary_dim % 2:
-        raise ValueError(f"rotary_dim: must be a positive even integer, got {rotary_dim}")
-    if rotary_dim > head_dim:
-        raise ValueError(f"rotary_dim: {rotary_dim} is larger than head_dim {head_dim} (x shape {tuple(x.shape)})")
-    if rotary_dim != table_dim:
-        raise ValueError(f"rotary_dim: {rotary_dim} does not match the tables' width {table_dim} (cos shape "
-                         f"{tuple(cos.shape)}); build the tables with dim={rotary_dim}")
+    x_in = x
+    x = check_input(x, "x")
+    cos, sin = check_tables(x, cos, sin)
+    layout = check_layout(layout)
+    seq_axis = check_seq_axis(seq_axis)
+    inverse = check_flag("inverse", inverse)
+    rotary_dim = check_rotary_dim(rotary_dim, x, int(cos.shape[-1]))
     if out is not None:
-        if _xp.is_cupy(out) != _xp.is_cupy(x) or not (_xp.is_numpy(out) or _xp.is_cupy(out)):
-            raise TypeError(f"out: a {type(out).__module__} array for a {type(x).__module__} x")
-        if tuple(out.shape) != tuple(x.shape) or out.dtype != x.dtype:
-            raise ValueError(f"out: shape {tuple(out.shape)} dtype {out.dtype} must equal x's shape "
-                             f"{tuple(x.shape)} dtype {x.dtype}")
+        check_out(out, x_in, (cos, sin))
     impl = resolve(backend, x)
     x4 = as_4d(x, seq_axis, "x")
     n_batch, _, n_seq, _ = x4.shape
-    positions = positions_of(xp, position_ids, offset, int(n_batch), int(n_seq), int(cos.shape[0]))
+    with _xp.device_scope(x):  # CuPy allocates on the current device: make it x's
+        positions, _ = positions_of(_xp.array_module(x), position_ids, offset, int(n_batch), int(n_seq),
+                                    int(cos.shape[0]))
+        return make_job(impl, x, out, seq_axis, cos, sin, positions, layout, rotary_dim, inverse)
+
+
+def make_job(impl: Any, x: Any, out: Any, seq_axis: int, cos: Any, sin: Any, positions: Any, layout: str,
+             rotary_dim: int, inverse: bool) -> RotaryJob:
+    """The job for already validated arguments (``out`` None: a new array)."""
     if out is None:
-        out = xp.empty_like(x)
-    out4 = as_4d(out, seq_axis, "out")
-    cos, sin = _table_dtype(xp, cos, x.dtype), _table_dtype(xp, sin, x.dtype)
-    return RotaryJob(impl, x4, out, out4, cos, sin, positions, layout, int(rotary_dim), bool(inverse))
+        out = _xp.array_module(x).empty_like(x)
+    else:
+        x = unaliased(x, out)
+    return RotaryJob(impl, as_4d(x, seq_axis, "x"), out, as_4d(out, seq_axis, "out"), cos, sin, positions, layout,
+                     rotary_dim, inverse)
 
 
-def _table_dtype(xp: Any, table: Any, x_dtype: Any) -> Any:
+def _table_dtype(table: Any, x_dtype: Any) -> Any:
     """Tables as float32 (float64 for float64 inputs): the kernels read float32/float64 tables."""
-    want = xp.float64 if _xp.dtype_name(x_dtype) == "float64" else xp.float32
-    if table.dtype == want or (table.dtype == xp.float64 and want == xp.float32):
+    want = np.dtype(np.float64 if x_dtype.kind == "f" and x_dtype.itemsize == 8 else np.float32)
+    if table.dtype == want or (table.dtype == np.float64 and want == np.float32):
         return table
-    return xp.astype(table, want)
+    return table.astype(want)

@@ -6,6 +6,7 @@ The math lives in :mod:`ropeflow.scaling` (frequencies) and the backends (tables
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 from collections import OrderedDict
@@ -14,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from . import _xp
-from ._cache import Table, shared_table
+from ._cache import Table, publish, shared_table
+from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
 from .backends import BACKEND_NAMES, get_backend, resolve
 from .scaling import (
     PRECISIONS,
@@ -33,7 +35,25 @@ from .scaling import (
 DYNAMIC_POLICIES = ("stateless", "reference", "hf")
 #: Reference precision computes positions as float32 integers: exact only below 2**24.
 REFERENCE_MAX_POSITIONS = 2**24
-_RECENT_DYNAMIC_TABLES = 4
+#: Bounds of the constructor's integers (beyond them nothing can be allocated or represented).
+MAX_DIM = 2**16
+MAX_POSITIONS = 2**62
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """``value`` if it is one of the ``allowed`` strings: a TypeError for a non-string, else a ValueError."""
+    listed = ", ".join(map(repr, allowed))
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {listed}, got {value!r} ({type(value).__name__})")
+    if value not in allowed:
+        raise ValueError(f"{name}: unknown {name.replace('_', ' ')} {value!r}; allowed: {listed}")
+    return value
+
+
+def _check_head_dim(x: Any, dim: int, name: str) -> None:
+    if int(x.shape[-1]) < dim:
+        raise ValueError(f"{name}: head_dim {int(x.shape[-1])} (shape {tuple(x.shape)}) is smaller than the rotary "
+                         f"dim {dim} of this embedding")
 
 
 def _check_seq_len(seq_len: Any) -> int:
@@ -77,24 +97,17 @@ class RotaryEmbedding:
     ) -> None:
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)):
             raise TypeError(f"dim: expected a positive even int, got {dim!r} ({type(dim).__name__})")
-        if dim <= 0 or dim % 2:
-            raise ValueError(f"dim: must be a positive even integer, got {dim}")
+        if dim <= 0 or dim % 2 or dim > MAX_DIM:
+            raise ValueError(f"dim: must be a positive even integer <= {MAX_DIM}, got {dim}")
         if isinstance(max_position_embeddings, bool) or not isinstance(max_position_embeddings, (int, np.integer)):
             raise TypeError(f"max_position_embeddings: expected an int >= 1, got {max_position_embeddings!r}")
-        if max_position_embeddings < 1:
-            raise ValueError(f"max_position_embeddings: must be >= 1, got {max_position_embeddings}")
+        if not 1 <= max_position_embeddings <= MAX_POSITIONS:
+            raise ValueError(f"max_position_embeddings: must be >= 1 and <= 2**62, got {max_position_embeddings}")
         base = _check_number("base", base, minimum=1.0, strict=True)
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: unknown precision {precision!r}; allowed: {', '.join(map(repr, PRECISIONS))}")
-        if dynamic_policy not in DYNAMIC_POLICIES:
-            raise ValueError(
-                f"dynamic_policy: unknown policy {dynamic_policy!r}; allowed: {', '.join(map(repr, DYNAMIC_POLICIES))}"
-            )
+        check_choice("precision", precision, PRECISIONS)
+        check_choice("dynamic_policy", dynamic_policy, DYNAMIC_POLICIES)
         if backend != "auto":
-            if not isinstance(backend, str) or backend not in BACKEND_NAMES:
-                raise ValueError(
-                    f"backend: unknown backend {backend!r}; allowed: 'auto', {', '.join(map(repr, BACKEND_NAMES))}"
-                )
+            check_choice("backend", backend, ("auto",) + BACKEND_NAMES)
             get_backend(backend)  # raises BackendUnavailableError with an install hint
         cfg: ScalingConfig | None = parse_scaling(scaling)
         if cfg is not None:
@@ -108,12 +121,15 @@ class RotaryEmbedding:
         self.dynamic_policy = dynamic_policy
         self._requested_backend = backend
         self._backend_name = backend if backend != "auto" else None
+        self._host_backend: Any = None  # the backend that serves host arrays, resolved on first use
         self._lock = threading.Lock()
-        self._held: dict[tuple, Table] = {}
+        # (backend, device, storage dtype, frequencies, exact length) -> table, least recently used first
+        self._tables: OrderedDict[tuple, Table] = OrderedDict()
+        # (backend, device, storage dtype) -> the longest length asked: the group holds at most twice its rows
+        self._longest: dict[tuple, int] = {}
         # (backend, device, dtype) -> table, for configurations whose frequencies never change: a cache hit
         # then costs two dict lookups and a slice.
         self._fixed: dict[tuple, Table] = {}
-        self._recent: OrderedDict[tuple, Table] = OrderedDict()
         self._freqs_by_len: dict[int | None, Frequencies] = {}
         self._base_freqs = self._frequencies(None)
         self._current = self._base_freqs
@@ -168,50 +184,117 @@ class RotaryEmbedding:
     def __call__(self, x: Any, seq_len: int | None = None) -> tuple[Any, Any]:
         """``(cos, sin)`` of shape ``(seq_len, dim)`` in ``x.dtype``, same array library and device as ``x``.
 
-        x: any array of shape ``(..., seq, head_dim)`` (e.g. ``(batch, heads, seq, head_dim)``); only its
-            library, device and dtype are used. ``seq_len=None`` means ``x.shape[-2]``.
+        x: any array of shape ``(..., seq, head_dim)`` (e.g. ``(batch, heads, seq, head_dim)``): NumPy, CuPy,
+            a torch tensor or a JAX array; only its library, device and dtype are used. ``seq_len=None`` means
+            ``x.shape[-2]``. Torch and JAX callers get views of one memoized tensor per (library, device, dtype).
         """
+        origin = None
+        if type(x) is not np.ndarray:
+            meta = torch_cpu_metadata(x) if library_of(x) == "torch" else None
+            if meta is not None:  # only the dtype and shape are needed: no conversion
+                dtype, _, n_seq, origin = meta
+                return self._serve_host(n_seq, dtype, seq_len, origin)
+            x, origin = to_native(x, "x")
         xp = _xp.namespace(x)
         if x.ndim < 2:
             raise ValueError(f"x: needs at least 2 dimensions (..., seq, head_dim), got shape {tuple(x.shape)}")
+        if type(x) is np.ndarray:
+            return self._serve_host(x.shape[-2], x.dtype, seq_len, origin)
         dtype_name = _xp.dtype_name(x.dtype, "x.dtype")
         seq_len = int(x.shape[-2]) if seq_len is None else _check_seq_len(seq_len)
         backend = resolve(self._requested_backend, x)
-        return self._serve(backend, _xp.device_key(x), seq_len, dtype_name, xp, x.dtype)
+        return self._serve(backend, _xp.device_key(x), seq_len, dtype_name, xp, x.dtype, origin)
+
+    def _serve_host(self, n_seq: int, dtype: np.dtype, seq_len: Any, origin: Any) -> tuple[Any, Any]:
+        """:meth:`__call__` for a host array of ``n_seq`` positions along its sequence axis and ``dtype``."""
+        dtype_name = _xp.dtype_name(dtype, "x.dtype")
+        seq_len = int(n_seq) if seq_len is None else _check_seq_len(seq_len)
+        backend = self._host_backend or self._resolve_host()
+        if not dtype.isnative:
+            dtype = dtype.newbyteorder("=")
+        return self._serve(backend, "cpu", seq_len, dtype_name, _xp.numpy_namespace(), dtype, origin)
+
+    def _resolve_host(self) -> Any:
+        self._host_backend = resolve(self._requested_backend, np.empty(0))  # a TypeError for backend="cupy"
+        return self._host_backend
 
     forward = __call__
 
     def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str = "half",
               seq_axis: int = -2) -> tuple[Any, Any]:
-        """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts may differ, as in grouped-query
-        attention; ``k=None`` rotates ``q`` alone) and return ``(q_rot, k_rot)``.
+        """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts and head dims may differ, as in
+        grouped-query attention; ``k=None`` rotates ``q`` alone) and return new arrays ``(q_rot, k_rot)``.
 
         Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,
-        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
+        which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through. Every
+        argument is checked before any table is built: a call that raises changes nothing.
         """
-        from .apply import as_4d, positions_of, prepare
+        from .apply import as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
 
-        xp = _xp.namespace(q)
+        origin = None
+        if type(q) is not np.ndarray:
+            q, origin = to_native(q, "q")
+        if k is not None and type(k) is not np.ndarray:
+            k = to_native(k, "k")[0]
+        position_ids = to_native_or_none(position_ids, "position_ids")
+        if not isinstance(offset, int):
+            offset = to_native_or_none(offset, "offset")
+        q = check_input(q, "q")
+        layout = check_layout(layout)
+        seq_axis = check_seq_axis(seq_axis)
         q4 = as_4d(q, seq_axis, "q")
-        # validate the positions before any table is built: a failed call caches nothing
-        positions = positions_of(xp, position_ids, offset, int(q4.shape[0]), int(q4.shape[2]), sys.maxsize)
-        longest = int(xp.max(positions)) + 1 if positions.size else 0
-        table_dtype = "float64" if _xp.dtype_name(q.dtype, "q.dtype") == "float64" else "float32"
+        _check_head_dim(q, self.dim, "q")
+        if k is not None:
+            k = check_input(k, "k")
+            if type(k) is not type(q):
+                raise TypeError(f"k: a {type(k).__module__} array with a {type(q).__module__} q; use one library")
+            if k.dtype != q.dtype:
+                raise TypeError(f"k: dtype {k.dtype} differs from q's {q.dtype}; rotate q and k in one dtype")
+            k4 = as_4d(k, seq_axis, "k")
+            if (k4.shape[0], k4.shape[2]) != (q4.shape[0], q4.shape[2]):
+                raise ValueError(f"k: shape {tuple(k.shape)} has (batch, seq) = {(k4.shape[0], k4.shape[2])}, q "
+                                 f"shape {tuple(q.shape)} has {(q4.shape[0], q4.shape[2])}; they must be equal")
+            _check_head_dim(k, self.dim, "k")
         backend = resolve(self._requested_backend, q)
-        cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, xp,
+        with _xp.device_scope(q):
+            positions, longest = positions_of(_xp.array_module(q), position_ids, offset, int(q4.shape[0]),
+                                              int(q4.shape[2]), sys.maxsize)
+        if longest is None:  # device position_ids: the table length needs their maximum (one device sync)
+            longest = int(positions.max()) + 1
+            if longest - 1 < 0 or int(positions.min()) < 0:
+                raise ValueError("position_ids: positions must be >= 0")
+        if self.precision == "reference" and longest > REFERENCE_MAX_POSITIONS:
+            name = "offset" if position_ids is None else "position_ids"
+            raise ValueError(f"{name}: the largest position is {longest - 1}, but reference precision computes "
+                             "positions in float32, exact only below 2**24; use precision='exact'")
+        table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
+        cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, _xp.namespace(q),
                                _xp.numpy_dtype(table_dtype))
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
-        kwargs = dict(layout=layout, rotary_dim=self.dim, seq_axis=seq_axis, backend=backend.name)
-        q_job = prepare(q, cos, sin, positions, **kwargs)
-        k_job = None if k is None else prepare(k, cos, sin, positions, **kwargs)
+        job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
+        with _xp.device_scope(q):
+            q_job = make_job(backend, q, None, *job_args)
+            k_job = None if k is None else make_job(backend, k, None, *job_args)
         q_job.run(k_job)
-        return q_job.out, None if k_job is None else k_job.out
+        return from_native(q_job.out, origin), None if k_job is None else from_native(k_job.out, origin)
 
-    def cos_sin(self, seq_len: int, dtype: Any = "float32") -> tuple[Any, Any]:
-        """The tables for ``seq_len`` positions without an input array: NumPy arrays on host backends, CuPy
-        arrays on the current device with ``backend="cupy"``."""
+    def cos_sin(self, seq_len: int, dtype: Any = "float32", *, like: Any = None) -> tuple[Any, Any]:
+        """The tables for ``seq_len`` positions, shape ``(seq_len, dim)``, in ``dtype``.
+
+        Without ``like``: NumPy arrays on host backends, CuPy arrays on the current device with
+        ``backend="cupy"``. With ``like`` (any array: NumPy, CuPy, torch, JAX): in its library and on its
+        device (its dtype is not used).
+        """
         seq_len = _check_seq_len(seq_len)
         dtype_name = _xp.dtype_name(dtype)
+        if like is not None:
+            origin = None
+            if type(like) is not np.ndarray:
+                like, origin = to_native(like, "like")
+            backend = resolve(self._requested_backend, like)
+            xp = _xp.namespace(like, "like")
+            return self._serve(backend, _xp.device_key(like), seq_len, dtype_name, xp,
+                               _xp.numpy_dtype(dtype_name), origin)
         backend = resolve(self._requested_backend)
         if backend.is_host:
             xp, xp_dtype, device = _xp.numpy_namespace(), _xp.numpy_dtype(dtype_name), "cpu"
@@ -221,7 +304,7 @@ class RotaryEmbedding:
 
     def cache_info(self) -> dict[str, int]:
         """Totals over the tables this instance holds: ``builds``, ``rows_computed``, ``casts``, ``tables``."""
-        tables = {id(t): t for t in list(self._held.values()) + list(self._recent.values())}.values()
+        tables = {id(t): t for t in self._tables.values()}.values()
         return {
             "tables": len(tables),
             "builds": sum(t.stats.builds for t in tables),
@@ -242,8 +325,13 @@ class RotaryEmbedding:
         """Frequencies of this configuration when serving ``length`` positions (memoized)."""
         freqs = self._freqs_by_len.get(length)
         if freqs is None:
-            freqs = compute_frequencies(self.scaling, self.dim, self.base, self.max_position_embeddings,
-                                        self.precision, length)
+            try:
+                freqs = compute_frequencies(self.scaling, self.dim, self.base, self.max_position_embeddings,
+                                            self.precision, length)
+            except OverflowError as exc:
+                raise ValueError(f"seq_len: the frequencies for {length} positions overflow ({exc})") from None
+            if not (np.all(np.isfinite(freqs.inv_freq)) and math.isfinite(freqs.attention_scaling)):
+                raise ValueError(f"seq_len: the frequencies for {length} positions are not finite")
             if length is None or len(self._freqs_by_len) < 64:
                 self._freqs_by_len[length] = freqs
         return freqs
@@ -255,84 +343,107 @@ class RotaryEmbedding:
             return np.dtype(np.float32)
         return np.dtype(np.float64)
 
-    def _choose(self, seq_len: int) -> tuple[Frequencies, int | None]:
-        """The frequencies for this call and, for exact-length tables, their length; updates policy state.
+    def _plan(self, seq_len: int) -> tuple[Frequencies, int | None, int | None, dict[str, Any]]:
+        """What serving ``seq_len`` positions needs, without changing anything.
 
-        Returns ``(freqs, exact_len)``: ``exact_len`` is None for the growable tables of fixed frequencies.
+        Returns ``(freqs, exact_len, row_limit, state)``: ``exact_len`` is the length of an exact-length table
+        (None: a growable table of fixed frequencies), ``row_limit`` caps the growth of a growable table that
+        only ever serves lengths up to it (None: no cap), and ``state`` the policy attributes to commit once
+        the table is in hand.
         """
         cfg = self.scaling
         L = self.max_position_embeddings
+        cached = self.max_seq_len_cached
         if isinstance(cfg, LongRopeScaling):
             _, original = longrope_factor_and_original(cfg, L)
-            key = seq_len if seq_len > original else None
-            self.max_seq_len_cached = seq_len if self.max_seq_len_cached is None else max(
-                seq_len, self.max_seq_len_cached)
-            return self._frequencies(key), None
+            state = {"max_seq_len_cached": seq_len if cached is None else max(seq_len, cached)}
+            if seq_len > original:
+                return self._frequencies(seq_len), None, None, state
+            return self._frequencies(None), None, original, state
         if not isinstance(cfg, DynamicScaling):
-            return self._base_freqs, None
+            return self._base_freqs, None, None, {}
         policy = self.dynamic_policy
+        dynamic_len = self._dynamic_len
         if policy == "stateless":
-            self.max_seq_len_cached = seq_len
-            if seq_len <= L:
-                return self._base_freqs, None
-            return self._frequencies(seq_len), seq_len
-        if policy == "reference":
+            cached, dynamic_len = seq_len, (seq_len if seq_len > L else None)
+        elif policy == "reference":
             # DeepSeek-V3: rebuild when longer than the cache; inv_freq is replaced above L and never restored.
-            if self.max_seq_len_cached is None or seq_len > self.max_seq_len_cached:
-                self.max_seq_len_cached = seq_len
+            if cached is None or seq_len > cached:
+                cached = seq_len
                 if seq_len > L:
-                    self._dynamic_len = seq_len
+                    dynamic_len = seq_len
         else:  # "hf": transformers' dynamic_rope_update
-            if self.max_seq_len_cached is None:
-                self.max_seq_len_cached = L
-            if seq_len > self.max_seq_len_cached:
-                self._dynamic_len = seq_len
-                self.max_seq_len_cached = seq_len
-            if seq_len < L and self.max_seq_len_cached > L:
-                self._dynamic_len = None
-                self.max_seq_len_cached = L
-        if self._dynamic_len is None:
-            return self._base_freqs, None
-        return self._frequencies(self._dynamic_len), self._dynamic_len
+            if cached is None:
+                cached = L
+            if seq_len > cached:
+                dynamic_len = cached = seq_len
+            if seq_len < L and cached > L:
+                dynamic_len, cached = None, L
+        state = {"max_seq_len_cached": cached, "_dynamic_len": dynamic_len}
+        if dynamic_len is None:
+            return self._base_freqs, None, L, state
+        return self._frequencies(dynamic_len), dynamic_len, None, state
 
-    def _table(self, backend: Any, device: Any, freqs: Frequencies, exact_len: int | None, dtype_name: str
-               ) -> Table:
-        storage = self._storage_dtype(dtype_name)
+    def _table(self, backend: Any, device: Any, freqs: Frequencies, exact_len: int | None, row_limit: int | None,
+               storage: np.dtype) -> tuple[tuple, Table]:
+        """This instance's table for a plan (looked up, or made and not yet kept) and its key."""
         limit = REFERENCE_MAX_POSITIONS if self.precision == "reference" else sys.maxsize
-        key = (backend.name, device, freqs.key(), storage.str, exact_len)
-        table = self._held.get(key) or self._recent.get(key)
+        if row_limit is not None:
+            limit = min(limit, row_limit)
+        key = (backend.name, device, storage.str, freqs.key(), exact_len)
+        table = self._tables.get(key)
         if table is None:
             table = shared_table(backend, device, freqs, storage, limit, grow=exact_len is None)
-            if exact_len is None:
-                self._held[key] = table
-            else:
-                self._recent[key] = table
-                while len(self._recent) > _RECENT_DYNAMIC_TABLES:
-                    self._recent.popitem(last=False)
-        return table
+        return key, table
 
-    def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any
-               ) -> tuple[Any, Any]:
+    def _keep(self, key: tuple, table: Table, seq_len: int) -> None:
+        """Hold ``table`` (most recently used last) and drop the least recently used others of its group
+        while the group holds more than twice the rows of the longest length asked."""
+        self._tables[key] = table
+        self._tables.move_to_end(key)
+        self._longest[key[:3]] = longest = max(seq_len, self._longest.get(key[:3], 0))
+        group = [k for k in self._tables if k[:3] == key[:3]]
+        rows = sum(self._tables[k].capacity for k in group)
+        for k in group[:-1]:
+            if rows <= 2 * longest:
+                break
+            rows -= self._tables.pop(k).capacity
+
+    def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any,
+               origin: Any = None) -> tuple[Any, Any]:
+        """``(cos, sin)`` for ``seq_len`` positions (in the ``origin``'s library when given); a call that raises
+        changes no state."""
+        fixed_key = (backend.name, device, dtype_name)
+        table = self._fixed.get(fixed_key)
+        if table is not None and seq_len <= table.limit:
+            return table.get(seq_len, dtype_name, xp_dtype, xp, origin)
         if self.precision == "reference" and seq_len > REFERENCE_MAX_POSITIONS:
             raise ValueError(
                 f"seq_len: reference precision computes positions in float32, exact only below 2**24; got "
                 f"seq_len={seq_len} (positions up to {seq_len - 1}). Use precision='exact'."
             )
-        if dtype_name == "bfloat16" and not backend.is_host:
-            raise TypeError("dtype: bfloat16 is not supported on the cupy backend; use float16, float32 or float64")
-        fixed_key = (backend.name, device, dtype_name)
-        table = self._fixed.get(fixed_key)
-        if table is not None:
-            result = table.get(seq_len, dtype_name, xp_dtype, xp)
-            self.max_seq_len_cached = table.capacity
-            return result
         with self._lock:
-            freqs, exact_len = self._choose(seq_len)
-            table = self._table(backend, device, freqs, exact_len, dtype_name)
+            freqs, exact_len, row_limit, state = self._plan(seq_len)
+            key, table = self._table(backend, device, freqs, exact_len, row_limit, self._storage_dtype(dtype_name))
+            result = table.get(seq_len, dtype_name, xp_dtype, xp, origin)  # may raise: nothing committed yet
+            publish(table)
+            self._keep(key, table, seq_len)
+            for name, value in state.items():
+                setattr(self, name, value)
             self._current = freqs
             self._backend_name = backend.name
-        result = table.get(seq_len, dtype_name, xp_dtype, xp)
-        if not is_length_dependent(self.scaling):
-            self.max_seq_len_cached = table.capacity
-            self._fixed[fixed_key] = table
+            if not is_length_dependent(self.scaling):
+                self._fixed[fixed_key] = table
         return result
+
+    @property
+    def max_seq_len_cached(self) -> int | None:
+        """The seed's attribute: for fixed frequencies the rows of the largest table held; for dynamic NTK and
+        LongRoPE the policy's own record. None before the first call."""
+        if not is_length_dependent(self.scaling):
+            return max((t.capacity for t in self._tables.values()), default=None)
+        return self._max_seq_len_cached
+
+    @max_seq_len_cached.setter
+    def max_seq_len_cached(self, value: int | None) -> None:
+        self._max_seq_len_cached = value

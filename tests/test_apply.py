@@ -40,8 +40,11 @@ def _check_against_naive(result, x, cos, sin, pos, layout, rotary_dim, inverse=F
     a rounding in ml_dtypes' bfloat16 cast and for FMA contraction on GPUs)."""
     want = apply_naive(x, cos, sin, pos, layout, rotary_dim, inverse)
     got = to_numpy(result).astype(np.float64)
-    eps = dtype_eps(np.dtype(x_dtype or x.dtype).name)
-    scale = np.maximum(np.abs(want), 1e-30)
+    name = np.dtype(x_dtype or x.dtype).name
+    eps = dtype_eps(name)
+    # below the smallest normal number the spacing stops shrinking: an absolute bound of one subnormal step
+    tiny = 2.0**-14 if name == "float16" else 2.0**-126 if name in ("bfloat16", "float32") else 2.0**-1022
+    scale = np.maximum(np.abs(want), tiny)
     assert np.all(np.abs(got - want) <= eps * scale + 1e-300), np.abs(got - want).max()
 
 
@@ -235,7 +238,8 @@ def test_embedding_apply_partial_rotary_and_yarn():
 @pytest.mark.parametrize("kwargs,exc,match", [
     (dict(position_ids=np.array([0, 1, 99])), ValueError,
      r"largest position is 99 but the cos/sin tables have 10 rows"),
-    (dict(position_ids=np.array([0, -1, 2])), ValueError, r"positions: must be >= 0, got a smallest position of -1"),
+    (dict(position_ids=np.array([0, -1, 2])), ValueError,
+     r"position_ids: positions must be >= 0, got a smallest position of -1"),
     (dict(position_ids=np.array([0.0, 1.0, 2.0])), TypeError, r"position_ids: expected an integer array"),
     (dict(position_ids=np.array([0, 1])), ValueError, r"position_ids: shape \(2,\) does not match seq length 3"),
     (dict(position_ids=np.zeros((3, 3), np.int64)), ValueError, r"does not match \(batch, seq\) = \(2, 3\)"),

@@ -31,6 +31,52 @@ def test_kernel_name_rejects_unsupported_dtypes(freq, out):
         _cupy.kernel_name(np.dtype(freq), np.dtype(out))
 
 
+@pytest.mark.parametrize("x,table,layout,name", [
+    ("float32", "float32", "half", "rope_apply<float, float, 0>"),
+    ("float32", "float64", "interleaved", "rope_apply<float, double, 1>"),
+    ("float16", "float64", "deepseek", "rope_apply<rope_half, double, 2>"),
+    ("bfloat16", "float32", "half", "rope_apply<rope_bf16, float, 0>"),
+    ("float64", None, "half", "rope_apply<double, double, 0>"),
+    ("float16", None, "half", "rope_apply<rope_half, float, 0>"),
+])
+def test_apply_kernel_name_selection(x, table, layout, name):
+    from ropeflow._xp import numpy_dtype
+
+    assert _cupy.apply_kernel_name(numpy_dtype(x), layout, table) == name
+    assert name in _cupy.name_expressions()
+
+
+def test_apply_kernel_name_rejects_unsupported():
+    with pytest.raises(TypeError, match="^cos.dtype: the cupy rotation kernel reads float32 or float64 tables"):
+        _cupy.apply_kernel_name("float32", "half", "float16")
+    with pytest.raises(TypeError, match="^x.dtype: "):
+        _cupy.apply_kernel_name("int32", "half")
+    with pytest.raises(ValueError, match="^layout: unknown layout 'neox'"):
+        _cupy.apply_kernel_name("float32", "neox")
+    with pytest.raises(TypeError, match="^dtype: no cast kernel from float16 to float32"):
+        _cupy.cast_kernel_name("float16", np.float32)
+
+
+@pytest.mark.parametrize("width,rows,depth,grid,block", [
+    (32, 30, 2, (1, 4, 2), (32, 8, 1)),
+    (1, 5, 1, (1, 1, 1), (1, 256, 1)),
+    (48, 10**9, 1, (1, 65535, 1), (64, 4, 1)),
+    (1000, 3, 2, (4, 3, 2), (256, 1, 1)),
+    (0, 0, 1, (1, 1, 1), (1, 256, 1)),
+])
+def test_launch_config_2d(width, rows, depth, grid, block):
+    assert _cupy.launch_config_2d(width, rows, depth) == (grid, block)
+    assert block[0] * block[1] * block[2] <= 1024 and max(grid[1:]) <= _cupy.MAX_GRID_YZ
+
+
+def test_compile_options_and_names_are_what_the_module_uses():
+    import inspect
+
+    src = inspect.getsource(_cupy.CupyBackend.module)
+    assert "options=COMPILE_OPTIONS" in src and "name_expressions=name_expressions()" in src
+    assert len(set(_cupy.name_expressions())) == len(_cupy.name_expressions()) == 30
+
+
 @pytest.mark.parametrize("items,blocks", [(0, 1), (1, 1), (256, 1), (257, 2), (163840 * 32, 20480),
                                           (10**10, 65535 * 8)])
 def test_launch_config(items, blocks):

@@ -77,7 +77,26 @@ class NumpyBackend:
             result = np.concatenate([o1, o2], axis=-1)
         if rotary_dim < x.shape[-1] and not same_view(x, out):
             out[..., rotary_dim:] = x[..., rotary_dim:]
-        out[..., :rotary_dim] = result.astype(out.dtype)
+        out[..., :rotary_dim] = round_once(result, out.dtype)
+
+
+def round_once(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 ``values`` rounded once, to nearest even, to ``dtype``.
+
+    NumPy's float64 -> float16/32 casts round once. ml_dtypes' float64 -> bfloat16 cast goes through float32,
+    rounding twice (a value just above a bfloat16 halfway point can land on it in float32, then round to even
+    the wrong way). Rounding to float32 *to odd* first makes the second rounding exact: float32 keeps 16 more
+    bits than bfloat16 at every exponent, and an odd last bit records that something was dropped.
+    """
+    if dtype.name != "bfloat16":
+        return values.astype(dtype)
+    with np.errstate(over="ignore"):  # beyond float32: inf, made odd-truncated just below
+        f32 = values.astype(np.float32)
+    bits = f32.view(np.uint32)
+    inexact = f32.astype(np.float64) != values
+    bits = bits - (inexact & (np.abs(f32) > np.abs(values))).astype(np.uint32)  # truncate toward zero
+    bits = bits | inexact.astype(np.uint32)  # then mark the dropped bits with an odd last bit
+    return bits.view(np.float32).astype(dtype)
 
 
 def make_backend() -> NumpyBackend:

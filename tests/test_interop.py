@@ -1,0 +1,149 @@
+"""Any array in, the same array out (issue 15): torch and JAX arrays, zero-copy, bfloat16 included.
+
+Every result is checked against the NumPy path on the same values (itself tested against the naive
+reference in test_apply.py), and for type, dtype, device and memory sharing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ropeflow import RotaryEmbedding, apply_rotary
+
+torch = pytest.importorskip("torch")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
+                "float64": torch.float64}
+
+
+def as_numpy(t):
+    """A NumPy copy of a torch tensor (bfloat16 via its bits), independent of ropeflow's conversion."""
+    if t.dtype == torch.bfloat16:
+        return t.detach().view(torch.int16).numpy().copy().view(ml_dtypes.bfloat16)
+    return t.detach().numpy().copy()
+
+
+def random_tensor(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(TORCH_DTYPES[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+def test_call_returns_memoized_torch_tables(dtype):
+    rope = RotaryEmbedding(64, 4096, 10000.0)
+    x = random_tensor((1, 4, 10, 64), dtype)
+    cos, sin = rope(x)
+    assert isinstance(cos, torch.Tensor) and cos.dtype == x.dtype and cos.device == x.device
+    assert tuple(cos.shape) == (10, 64)
+    want_cos, want_sin = rope(np.zeros((1, 10, 64), as_numpy(x).dtype))
+    assert np.array_equal(as_numpy(cos), want_cos) and np.array_equal(as_numpy(sin), want_sin)
+    again, _ = rope(x, seq_len=5)
+    assert again.data_ptr() == cos.data_ptr()  # a view of one memoized tensor, no copy per call
+    like_cos, _ = rope.cos_sin(7, dtype, like=x)
+    assert isinstance(like_cos, torch.Tensor) and like_cos.data_ptr() == cos.data_ptr()
+
+
+def test_tables_do_not_warn_about_read_only_arrays(recwarn):
+    rope = RotaryEmbedding(32, 128, 10000.0)
+    rope(torch.zeros(3, 32))
+    assert not [w for w in recwarn.list if "not writable" in str(w.message)]
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("layout", ["half", "interleaved", "deepseek"])
+def test_apply_rotary_torch_matches_numpy(dtype, layout):
+    x = random_tensor((2, 4, 6, 32), dtype)
+    rope = RotaryEmbedding(32, 64, 10000.0, precision="exact")
+    cos, sin = rope.cos_sin(20, "float64")
+    pos = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, 5, 3, 5, 8]])
+    got = apply_rotary(x, torch.from_numpy(cos.copy()), torch.from_numpy(sin.copy()), pos, layout=layout)
+    want = apply_rotary(as_numpy(x), cos, sin, pos.numpy(), layout=layout)
+    assert isinstance(got, torch.Tensor) and got.dtype == x.dtype
+    assert np.array_equal(as_numpy(got).view(np.uint8), want.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+def test_out_rotates_the_callers_memory_in_place(dtype):
+    x = random_tensor((1, 2, 5, 16), dtype, seed=1)
+    want = apply_rotary(as_numpy(x), *RotaryEmbedding(16, 64).cos_sin(5))
+    cos, sin = RotaryEmbedding(16, 64).cos_sin(5)
+    ptr = x.data_ptr()
+    result = apply_rotary(x, cos, sin, out=x)
+    assert result is x and x.data_ptr() == ptr
+    assert np.array_equal(as_numpy(x).view(np.uint8), want.view(np.uint8))
+
+
+def test_strided_views_of_a_fused_qkv_buffer():
+    """``qkv.view(...)[..., :d]``: q and k are strided views of one buffer, read in place."""
+    b, s, hq, hk, d = 2, 7, 8, 2, 64
+    qkv = random_tensor((b, s, (hq + 2 * hk) * d), "float32", seed=2)
+    view = qkv.view(b, s, hq + 2 * hk, d)
+    q, k = view[:, :, :hq], view[:, :, hq:hq + hk]
+    rope = RotaryEmbedding(64, 128, 10000.0)
+    offsets = torch.tensor([0, 40])
+    q_rot, k_rot = rope.apply(q, k, offset=offsets, seq_axis=-3)
+    wq, wk = rope.apply(as_numpy(q), as_numpy(k), offset=offsets.numpy(), seq_axis=-3)
+    assert isinstance(q_rot, torch.Tensor)
+    assert tuple(q_rot.shape) == (b, s, hq, d) and tuple(k_rot.shape) == (b, s, hk, d)
+    assert np.array_equal(as_numpy(q_rot), wq) and np.array_equal(as_numpy(k_rot), wk)
+    q_ip = q.clone()
+    apply_rotary(q_ip, *rope.cos_sin(64), offset=offsets, seq_axis=-3, out=q_ip)
+    assert np.array_equal(as_numpy(q_ip), wq)
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+def test_embedding_apply_gqa_with_tensor_positions(dtype):
+    q = random_tensor((2, 8, 5, 64), dtype, seed=3)
+    k = random_tensor((2, 2, 5, 64), dtype, seed=4)
+    pos = torch.tensor([[0, 1, 2, 3, 4], [10, 11, 12, 13, 100]], dtype=torch.int32)
+    rope = RotaryEmbedding(64, 64, 10000.0, scaling={"rope_type": "dynamic", "factor": 2.0})
+    q_rot, k_rot = rope.apply(q, k, pos)
+    rope_np = RotaryEmbedding(64, 64, 10000.0, scaling={"rope_type": "dynamic", "factor": 2.0})
+    wq, wk = rope_np.apply(as_numpy(q), as_numpy(k), pos.numpy())
+    assert q_rot.dtype == q.dtype and k_rot.dtype == k.dtype
+    assert np.array_equal(as_numpy(q_rot).view(np.uint8), wq.view(np.uint8))
+    assert np.array_equal(as_numpy(k_rot).view(np.uint8), wk.view(np.uint8))
+
+
+def test_clear_errors_for_tensors_that_cannot_come_in():
+    rope = RotaryEmbedding(16, 64)
+    with pytest.raises(TypeError, match=r"q: the tensor requires grad.*detach"):
+        rope.apply(torch.zeros(1, 1, 2, 16, requires_grad=True))
+    with pytest.raises(TypeError, match=r"x: a torch tensor on meta.*cpu\(\)"):
+        rope(torch.zeros(2, 16, device="meta"))
+    with pytest.raises(TypeError, match=r"position_ids: expected an integer array, got dtype float32"):
+        rope.apply(torch.zeros(1, 1, 2, 16), position_ids=torch.zeros(2))
+    assert rope.cache_info()["builds"] == 0
+
+
+def test_import_is_lazy_about_frameworks():
+    code = ("import sys, ropeflow, numpy as np; r = ropeflow.RotaryEmbedding(8, 16); r.apply(np.zeros((1, 2, 8)));"
+            "print(sorted(m for m in ('torch', 'jax', 'cupy', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------------------------ JAX
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_jax_arrays_in_and_out(dtype):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+    rng = np.random.default_rng(5)
+    npdtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    xn = rng.standard_normal((1, 4, 6, 32)).astype(npdtype)
+    x = jnp.asarray(xn)
+    rope = RotaryEmbedding(32, 64, 10000.0)
+    q_rot, _ = rope.apply(x, offset=3)
+    assert isinstance(q_rot, jax.Array) and q_rot.dtype == x.dtype
+    want, _ = rope.apply(xn, offset=3)
+    assert np.array_equal(np.asarray(q_rot).view(np.uint8), want.view(np.uint8))
+    cos, _ = rope(x)
+    assert isinstance(cos, jax.Array) and cos.dtype == x.dtype and cos.shape == (6, 32)
+    with pytest.raises(TypeError, match=r"out: JAX arrays are immutable"):
+        apply_rotary(x, *rope.cos_sin(6), out=x)
