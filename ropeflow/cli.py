@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Time table builds and q/k rotation on this machine, against the seed's PyTorch code when torch "
             "is installed, the memory floor and a plain copy; ratios come from one run. A progress bar is "
             "drawn on stderr (on a terminal) once a run passes one second. Nothing asserts a timing.")
-    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about 20 s on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (about 25 s on 2 cores)")
     p.add_argument("--backend", choices=("cpu", "cupy"), default="cpu",
                    help="cpu: numpy and numba backends (+ torch, memory floor); cupy: the CUDA kernels")
     p.add_argument("--suite", choices=("tables", "apply", "all"), default="all", help="which benchmark")
