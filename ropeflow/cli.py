@@ -11,6 +11,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import Any, NoReturn
@@ -351,10 +352,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The message of an input error on one line, with the command-line spelling of a suggested fix."""
     if isinstance(exc, OSError) and exc.filename is not None:
         text = f"{exc.strerror or exc}: {exc.filename!r}"
+    elif isinstance(exc, KeyError):
+        text = f"missing key {exc}"
     else:
-        text = str(exc) if isinstance(exc, KeyError) is False else f"missing key {exc}"
+        text = str(exc)
     text = " ".join(text.split())
     if "precision='exact'" in text:
         text += " (on the command line: --precision exact)"
@@ -367,8 +371,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        print(f"ropeflow {args.command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show  # one line per warning, without the source line
+            return _run(args)
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         import os
 

@@ -121,6 +121,16 @@ def test_bad_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert rc == 2 and "holds no config.json" in err
 
 
+def test_warnings_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{"head_dim": 64, "max_position_embeddings": 4096, '
+                    '"rope_scaling": {"rope_type": "linear", "factor": 2.0, "foo": 1}}')
+    rc, out, err = run_cli(["inspect", str(path)], capsys)
+    assert rc == 0 and "rope type                 linear" in out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ropeflow inspect: warning: ") and "'foo'" in lines[0]
+
+
 def test_module_entry_point_has_no_traceback() -> None:
     """The real process: ``python -m ropeflow`` with bad input exits 2 with one stderr line."""
     proc = subprocess.run([sys.executable, "-m", "ropeflow", "tables", "--dim", "63"], capture_output=True,
