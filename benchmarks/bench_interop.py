@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from _common import describe_cpu
 
-import ropeflow
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import ropeflow  # noqa: E402
+from ropeflow.bench._common import describe_cpu  # noqa: E402
 
 
 def per_call(fn, calls: int = 2000) -> float:

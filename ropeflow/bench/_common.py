@@ -1,8 +1,7 @@
-"""Helpers shared by the benchmark scripts: machine description, timers, and the command line."""
+"""Timers and the machine description shared by the benchmarks. Nothing here asserts a timing."""
 
 from __future__ import annotations
 
-import argparse
 import gc
 import os
 import platform
@@ -10,11 +9,13 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 def describe_cpu() -> str:
+    """CPU model, core count and the Python / NumPy versions, in one line."""
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -73,13 +74,17 @@ def torch_cuda_median(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def run(doc: str, cpu_main: Callable[[int], None], gpu_main: Callable[[int], None]) -> None:
-    """``--backend cpu|cupy`` and ``--repeats N`` (defaults: best of 7 on the CPU, median of 30 on the GPU)."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", choices=["cpu", "cupy"], default="cpu")
-    parser.add_argument("--repeats", type=int, default=None)
-    args = parser.parse_args()
-    if args.backend == "cupy":
-        gpu_main(args.repeats or 30)
-    else:
-        cpu_main(args.repeats or 7)
+def optional_torch() -> tuple[Any, Any]:
+    """``(torch, ropeflow.bench._seed)`` when torch is installed, else ``(None, None)``."""
+    try:
+        import torch
+
+        from . import _seed
+    except ImportError:
+        return None, None
+    return torch, _seed
+
+
+def result(title: str, columns: list[str], machine: str) -> dict[str, Any]:
+    """An empty results record: rows are ``{"case": str, "ms": {column: float}}``."""
+    return {"title": title, "columns": columns, "machine": machine, "rows": [], "notes": {}}
