@@ -14,6 +14,7 @@ from ._errors import BackendUnavailableError
 from .apply import apply_rotary
 from .backends import available_backends
 from .config import layer_types, softmax_scale
+from .multimodal import mrope_position_ids
 from .positions import mrope_axes, positions_from_cu_seqlens
 from .rotary import RotaryEmbedding
 from .scaling import (
@@ -50,6 +51,7 @@ __all__ = [
     "get_mscale",
     "layer_types",
     "mrope_axes",
+    "mrope_position_ids",
     "positions_from_cu_seqlens",
     "rope_types",
     "yarn_softmax_scale",
