@@ -455,3 +455,53 @@ def test_packed_anything(cu, offset):
         pos = naive_packed_positions(lengths.tolist(), per_seq)
         want = rope.apply(QP[None], None, pos[None], seq_axis=-3)[0][0]
         np.testing.assert_array_equal(result[0], want)
+
+
+# ---------------------------------------------------------------------------------------------- config
+QWEN2_VL_TOP = {"model_type": "qwen2_vl", "hidden_size": 1536, "num_attention_heads": 12,
+                "max_position_embeddings": 32768, "rope_theta": 1000000.0,
+                "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}}  # Qwen2-VL-2B's config.json
+QWEN3_VL_NESTED = {"model_type": "qwen3_vl", "text_config": {
+    "model_type": "qwen3_vl_text", "head_dim": 128, "hidden_size": 2560, "num_attention_heads": 32,
+    "max_position_embeddings": 262144, "rope_theta": 5000000,
+    "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"}}}
+QWEN2_5_VL_PARAMS = {"model_type": "qwen2_5_vl", "text_config": {
+    "model_type": "qwen2_5_vl_text", "hidden_size": 3584, "num_attention_heads": 28, "max_position_embeddings": 128000,
+    "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0}}}
+
+
+@pytest.mark.parametrize("config,section,interleaved,dim", [
+    (QWEN2_VL_TOP, (16, 24, 24), False, 128), (QWEN3_VL_NESTED, (24, 20, 20), True, 128),
+    (QWEN2_5_VL_PARAMS, (16, 24, 24), False, 128),
+    ({"model_type": "qwen2_vl", "hidden_size": 1536, "num_attention_heads": 12}, (16, 24, 24), False, 128),
+    ({"model_type": "qwen3_vl", "text_config": {"head_dim": 128}}, (24, 20, 20), True, 128),
+    ({"model_type": "qwen3_5", "text_config": {}}, (11, 11, 10), True, 64),
+    ({"model_type": "qwen2", "hidden_size": 1536, "num_attention_heads": 12}, None, False, 128),
+])
+def test_from_hf_config_reads_mrope(config, section, interleaved, dim):
+    rope = RotaryEmbedding.from_hf_config(config)
+    assert rope.mrope_section == section and rope.mrope_interleaved is interleaved and rope.dim == dim
+    assert rope.scaling is None
+    if section is not None:
+        assert f"mrope_section={list(section)!r}" in repr(rope)
+
+
+def test_from_hf_config_mrope_with_yarn_keeps_both():
+    cfg = {**QWEN2_VL_TOP, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings":
+                                            32768, "mrope_section": [16, 24, 24]}}
+    rope = RotaryEmbedding.from_hf_config(cfg)
+    assert rope.mrope_section == (16, 24, 24) and rope.scaling.rope_type == "yarn"
+    pos3 = np.random.default_rng(30).integers(0, 100000, (3, 1, 4))
+    cos, _ = rope(np.zeros(1, np.float32), position_ids=pos3)
+    full, _ = rope.cos_sin(100000)
+    axes = ropeflow.mrope_axes([16, 24, 24], 128)
+    want = full[pos3[axes, 0, :].T, np.arange(64)]  # (seq, 64): frequency j from axis(j)
+    np.testing.assert_array_equal(cos[0, :, :64], want)
+    np.testing.assert_array_equal(cos[0, :, 64:], want)
+
+
+@pytest.mark.parametrize("section", [[16, 24], [16, 24, 25], "16,24,24", [16.0, 24, 24]])
+def test_from_hf_config_bad_mrope_section_is_named(section):
+    cfg = {**QWEN2_VL_TOP, "rope_scaling": {"type": "mrope", "mrope_section": section}}
+    with pytest.raises((TypeError, ValueError), match=r"^config: mrope_section"):
+        RotaryEmbedding.from_hf_config(cfg)
