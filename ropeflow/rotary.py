@@ -261,6 +261,8 @@ class RotaryEmbedding:
                              "(per-position tables), not both")
         origin = None
         if type(x) is not np.ndarray:
+            if library_of(x) == "torch" and x.requires_grad:
+                x = x.detach()  # only x's dtype and device are used: hidden states that require grad are fine
             x, origin = to_native(x, "x")
         xp_ns = _xp.namespace(x)
         dtype_name = _xp.dtype_name(x.dtype, "x.dtype")

@@ -255,6 +255,9 @@ def test_per_position_tables_torch_and_jax():
         assert isinstance(cos, torch.Tensor) and cos.dtype == dtype and tuple(cos.shape) == (2, 4, 16)
         want, _ = rope(np.zeros(1, np.float32), position_ids=pos3.numpy())
         np.testing.assert_array_equal(cos.float().numpy(), torch.from_numpy(want).to(dtype).float().numpy())
+    hidden = torch.zeros(2, 4, 48, requires_grad=True)  # transformers passes hidden states: only dtype/device used
+    cos, _ = rope(hidden, position_ids=pos3)
+    assert not cos.requires_grad and tuple(cos.shape) == (2, 4, 16)
     q, k = torch.randn(2, 3, 4, 16), torch.randn(2, 1, 4, 16)
     q_rot, k_rot = rope.apply(q, k, position_ids=pos3)
     assert isinstance(q_rot, torch.Tensor) and q_rot.dtype == torch.float32
