@@ -104,7 +104,7 @@ def cpu_main(repeats: int) -> None:
         if backend == "numba":
             t_tables = best_of(lambda: rope(q, position_ids=pos3), repeats, warmup=True)
             plain = ropeflow.RotaryEmbedding(HEAD_DIM, MAX_POS, THETA, backend=backend)
-            rows.append(("ropeflow numba plain RoPE apply (same shapes, 1-D ids)",
+            rows.append(("ropeflow numba plain RoPE apply (same q, k; text ids (1, 4096))",
                          best_of(lambda: plain.apply(q, k, position_ids=pos3[0]), repeats, warmup=True)))
     if tf:
         _, _, qwen, qwen_apply, _, _ = tf
