@@ -14,6 +14,8 @@ from ._errors import BackendUnavailableError
 from .apply import apply_rotary
 from .backends import available_backends
 from .config import layer_types, softmax_scale
+from .multimodal import mrope_position_ids
+from .positions import mrope_axes, positions_from_cu_seqlens
 from .rotary import RotaryEmbedding
 from .scaling import (
     DynamicScaling,
@@ -48,6 +50,9 @@ __all__ = [
     "softmax_scale",
     "get_mscale",
     "layer_types",
+    "mrope_axes",
+    "mrope_position_ids",
+    "positions_from_cu_seqlens",
     "rope_types",
     "yarn_softmax_scale",
     "__version__",

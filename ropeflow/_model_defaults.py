@@ -5,7 +5,9 @@ config class (``google/gemma-3-4b-it`` gives no ``rope_theta``, ``head_dim`` nor
 ``text_config``). These are those defaults, read from the config classes of transformers 5.24
 (``CONFIG_MAPPING[model_type]()``); ``chatglm`` is not in transformers and follows THUDM's
 ``configuration_chatglm.py``. Only the fields ropeflow reads are listed; ``head_dim`` only where the class has
-a fixed default (elsewhere transformers derives it as ``hidden_size // num_attention_heads``).
+a fixed default (elsewhere transformers derives it as ``hidden_size // num_attention_heads``). ``mrope_section`` /
+``mrope_interleaved``: the defaults of the models' rotary modules (``rope_parameters.get("mrope_section", ...)``;
+Qwen3-VL's and Qwen3.5's modules always interleave).
 
 ``layout`` is the rotation layout the model's attention applies (DESIGN 1.4): ``"interleaved"`` for GPT-J,
 ChatGLM / GLM, Cohere and Llama 4 (pairs ``(2j, 2j + 1)``), ``"deepseek"`` for DeepSeek-V3 (interleaved
@@ -28,15 +30,17 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen3": {**_LLAMA_LIKE, "max_position_embeddings": 32768, "head_dim": 128},
     "qwen3_moe": {**_LLAMA_LIKE, "hidden_size": 2048, "max_position_embeddings": 32768},
     "qwen2_vl_text": {"rope_theta": 1000000.0, "hidden_size": 8192, "num_attention_heads": 64,
-                      "max_position_embeddings": 32768},
+                      "max_position_embeddings": 32768, "mrope_section": [16, 24, 24]},
     "qwen2_5_vl_text": {"rope_theta": 1000000.0, "hidden_size": 8192, "num_attention_heads": 64,
-                        "max_position_embeddings": 32768},
+                        "max_position_embeddings": 32768, "mrope_section": [16, 24, 24]},
     "qwen3_vl_text": {"rope_theta": 500000.0, "hidden_size": 4096, "num_attention_heads": 32,
-                      "max_position_embeddings": 128000, "head_dim": 128},
+                      "max_position_embeddings": 128000, "head_dim": 128, "mrope_section": [24, 20, 20],
+                      "mrope_interleaved": True},
     "qwen3_next": {"rope_theta": 10000.0, "hidden_size": 2048, "num_attention_heads": 16,
                    "max_position_embeddings": 32768, "head_dim": 256, "partial_rotary_factor": 0.25},
     "qwen3_5_text": {"rope_theta": 10000.0, "hidden_size": 4096, "num_attention_heads": 16,
-                     "max_position_embeddings": 32768, "head_dim": 256, "partial_rotary_factor": 0.25},
+                     "max_position_embeddings": 32768, "head_dim": 256, "partial_rotary_factor": 0.25,
+                     "mrope_section": [11, 11, 10], "mrope_interleaved": True},
     "phi3": {"rope_theta": 10000.0, "hidden_size": 3072, "num_attention_heads": 32,
              "max_position_embeddings": 4096, "original_max_position_embeddings": 4096},
     "phi": {"rope_theta": 10000.0, "hidden_size": 2048, "num_attention_heads": 32, "max_position_embeddings": 2048,

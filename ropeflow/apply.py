@@ -170,6 +170,7 @@ def apply_rotary(
     out: Any = None,
     seq_axis: int = -2,
     backend: str = "auto",
+    cu_seqlens: Any = None,
 ) -> Any:
     """Rotate ``x`` by the angles of its positions and return the result (``out`` when given).
 
@@ -179,6 +180,10 @@ def apply_rotary(
         layout: column ``j`` and ``j + rotary_dim // 2`` hold the same frequency).
     position_ids: ``(seq,)`` or ``(batch, seq)`` integer rows of the tables; else ``offset + arange(seq)``
         with ``offset`` an int or a ``(batch,)`` integer array (KV-cache decoding).
+    cu_seqlens: a packed (varlen) batch: ``x`` of shape ``(total_tokens, heads, head_dim)`` with
+        ``seq_axis=-3`` (or ``(total_tokens, head_dim)``), ``cu_seqlens`` the ``(n_seqs + 1,)`` cumulative
+        sequence lengths ``[0, len0, len0 + len1, ..., total_tokens]``. Positions restart at every sequence, at
+        ``offset`` (an int, or ``(n_seqs,)`` integers): see :func:`ropeflow.positions_from_cu_seqlens`.
     layout: ``"half"``, ``"interleaved"`` or ``"deepseek"`` (see the module docstring).
     rotary_dim: channels to rotate (default ``cos.shape[-1]``); the rest are copied through.
     inverse: rotate by ``-angle`` (undoes a forward rotation).
@@ -198,12 +203,14 @@ def apply_rotary(
         position_ids = to_native_or_none(position_ids, "position_ids")
     if not isinstance(offset, int):
         offset = to_native_or_none(offset, "offset")
+    if cu_seqlens is not None:
+        cu_seqlens = to_native_or_none(cu_seqlens, "cu_seqlens")
     if out is not None and type(out) is not np.ndarray:
         caller_out = out
         out, out_origin = to_native(out, "out")
         writable_native(out, out_origin)
     job = prepare(x, cos, sin, position_ids, offset=offset, layout=layout, rotary_dim=rotary_dim, inverse=inverse,
-                  out=out, seq_axis=seq_axis, backend=backend)
+                  out=out, seq_axis=seq_axis, backend=backend, cu_seqlens=cu_seqlens)
     job.run()
     if caller_out is not None:
         return caller_out
@@ -313,6 +320,7 @@ def prepare(
     out: Any = None,
     seq_axis: int = -2,
     backend: str = "auto",
+    cu_seqlens: Any = None,
 ) -> RotaryJob:
     """Validate the arguments of :func:`apply_rotary` and return the job, not yet run."""
     x_in = x
@@ -328,9 +336,26 @@ def prepare(
     x4 = as_4d(x, seq_axis, "x")
     n_batch, _, n_seq, _ = x4.shape
     with _xp.device_scope(x):  # CuPy allocates on the current device: make it x's
-        positions, _ = positions_of(_xp.array_module(x), position_ids, offset, int(n_batch), int(n_seq),
-                                    int(cos.shape[0]))
+        if cu_seqlens is not None:
+            positions = packed_positions_within(_xp.array_module(x), cu_seqlens, offset, int(n_batch), int(n_seq),
+                                                int(cos.shape[0]), position_ids)
+        else:
+            positions, _ = positions_of(_xp.array_module(x), position_ids, offset, int(n_batch), int(n_seq),
+                                        int(cos.shape[0]))
         return make_job(impl, x, out, seq_axis, cos, sin, positions, layout, rotary_dim, inverse)
+
+
+def packed_positions_within(xp: Any, cu_seqlens: Any, offset: Any, n_batch: int, n_seq: int, table_len: int,
+                            position_ids: Any = None) -> Any:
+    """The ``(1, n_seq)`` positions of a packed batch (:func:`ropeflow.positions.packed_positions`), checked
+    against ``table_len``."""
+    from .positions import packed_positions
+
+    positions, longest = packed_positions(xp, cu_seqlens, offset, n_batch, n_seq, position_ids)
+    if longest > table_len:
+        raise ValueError(f"cu_seqlens and offset: the largest position is {longest - 1} but the cos/sin tables have "
+                         f"{table_len} rows; build them for at least {longest} positions")
+    return positions
 
 
 def make_job(impl: Any, x: Any, out: Any, seq_axis: int, cos: Any, sin: Any, positions: Any, layout: str,

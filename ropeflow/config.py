@@ -10,6 +10,10 @@ A config resolves here, and only here, to plain :class:`~ropeflow.RotaryEmbeddin
 * the base: ``rope_theta`` (top level or in ``rope_parameters``; ``rotary_emb_base`` in GPT-NeoX; ChatGLM's
   ``10000 * rope_ratio``);
 * the context: ``max_position_embeddings`` (``n_positions`` in GPT-J, ``seq_length`` in ChatGLM);
+* M-RoPE: ``mrope_section`` and ``mrope_interleaved`` from the same rope dict (Qwen2-VL ships ``{"type":
+  "mrope", "mrope_section": [16, 24, 24]}``; Qwen3-VL adds ``"mrope_interleaved": true``), else the model's
+  transformers default (Qwen2-VL / Qwen2.5-VL ``[16, 24, 24]``; Qwen3-VL ``[24, 20, 20]`` and Qwen3.5
+  ``[11, 11, 10]``, interleaved, as their rotary modules always are);
 * scaling: ``rope_parameters`` (transformers 5) or ``rope_scaling``, with a top-level
   ``original_max_position_embeddings`` taking priority for llama3 / yarn / longrope, as transformers does
   (Phi-3 keeps it there);
@@ -198,8 +202,9 @@ def layer_types(config: Any) -> tuple[str, ...]:
 
 # ------------------------------------------------------------------------------------------ settings
 def rope_settings(config: Any, layer_type: str | None = None) -> dict[str, Any]:
-    """``dim``, ``max_position_embeddings``, ``base``, ``scaling`` and ``layout`` of a model config (a dict, a
-    path to ``config.json`` or a config object), for one layer type.
+    """``dim``, ``max_position_embeddings``, ``base``, ``scaling``, ``layout``, ``mrope_section`` (None for
+    one-axis RoPE) and ``mrope_interleaved`` of a model config (a dict, a path to ``config.json`` or a config
+    object), for one layer type: :class:`~ropeflow.RotaryEmbedding` constructor arguments.
 
     ``layer_type=None`` is allowed when every layer type shares one rotary configuration; otherwise it is a
     ValueError that names the layer types and what differs. Field errors (a missing field, a wrong type, a value
@@ -236,7 +241,7 @@ def rope_settings(config: Any, layer_type: str | None = None) -> dict[str, Any]:
 
 
 def _summary(s: Mapping[str, Any]) -> dict[str, Any]:
-    return {"dim": s["dim"], "base": s["base"], "scaling": s["scaling"]}
+    return {"dim": s["dim"], "base": s["base"], "scaling": s["scaling"], "mrope_section": s["mrope_section"]}
 
 
 def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
@@ -305,13 +310,33 @@ def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
             default_original = f.defaults.get("original_max_position_embeddings")
             if default_original is not None:
                 scaling["original_max_position_embeddings"] = default_original
+    mrope_section, mrope_interleaved = _mrope(f, section, dim)
     return {
         "dim": dim,
         "max_position_embeddings": max_pos,
         "base": float(base),
         "scaling": scaling,
         "layout": _layout(f),
+        "mrope_section": mrope_section,
+        "mrope_interleaved": mrope_interleaved,
     }
+
+
+def _mrope(f: _Fields, section: Mapping[str, Any], dim: int) -> tuple[list[int] | None, bool]:
+    """``(mrope_section, mrope_interleaved)`` of a rope dict, with the model's defaults behind it; checked."""
+    from .positions import check_mrope
+
+    mrope_section = section.get("mrope_section")
+    if mrope_section is None:
+        mrope_section = f.defaults.get("mrope_section")
+    interleaved = section.get("mrope_interleaved")
+    if interleaved is None:
+        interleaved = f.defaults.get("mrope_interleaved", False) if mrope_section is not None else False
+    try:
+        sections = check_mrope(mrope_section, interleaved, dim)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"config: {exc}") from None
+    return (None, False) if sections is None else (list(sections.section), sections.interleaved)
 
 
 def _layout(f: _Fields) -> str:

@@ -10,6 +10,7 @@ import math
 import sys
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from ._cache import Table, publish, shared_table
 from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
 from .apply import LAYOUTS
 from .backends import BACKEND_NAMES, get_backend, resolve
+from .positions import check_mrope
 from .scaling import (
     DynamicScaling,
     Frequencies,
@@ -81,6 +83,11 @@ class RotaryEmbedding:
         buffer (docs/math.md, "reference precision"). Stored as float32 (float64 in exact precision);
         ``attention_scaling`` still comes from ``scaling``. Not allowed with length-dependent scaling (dynamic
         NTK, LongRoPE), whose frequencies change with the length served.
+    mrope_section: multimodal RoPE (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): three ints ``(temporal, height, width)``
+        summing to ``dim // 2``: how many frequencies take their angle from each axis of ``(3, batch, seq)``
+        position ids (see :mod:`ropeflow.positions`). None: one position axis.
+    mrope_interleaved: Qwen3-VL's interleaved split (frequency ``j`` reads height for ``j % 3 == 1``, width for
+        ``j % 3 == 2``, within ``3 * section``) instead of Qwen2-VL's contiguous blocks.
     """
 
     def __init__(
@@ -95,6 +102,8 @@ class RotaryEmbedding:
         dynamic_policy: str = "stateless",
         layout: str = "half",
         inv_freq: Any = None,
+        mrope_section: Sequence[int] | None = None,
+        mrope_interleaved: bool = False,
     ) -> None:
         dim = check_dim(dim)
         max_position_embeddings = check_max_position_embeddings(max_position_embeddings)
@@ -108,6 +117,7 @@ class RotaryEmbedding:
         if cfg is not None:
             validate_scaling(cfg, int(dim))
         check_choice("layout", layout, LAYOUTS)
+        mrope = check_mrope(mrope_section, mrope_interleaved, int(dim))
         override = None
         if inv_freq is not None:
             if is_length_dependent(cfg):
@@ -122,6 +132,9 @@ class RotaryEmbedding:
         self.precision = precision
         self.dynamic_policy = dynamic_policy
         self.layout = layout
+        self._mrope = mrope
+        self.mrope_section: tuple[int, int, int] | None = None if mrope is None else mrope.section
+        self.mrope_interleaved = False if mrope is None else mrope.interleaved
         self._requested_backend = backend
         self._backend_name = backend if backend != "auto" else None
         self._host_backend: Any = None  # the backend that serves host arrays, resolved on first use
@@ -156,13 +169,15 @@ class RotaryEmbedding:
         GPT-J / GPT-NeoX / Falcon / ChatGLM names, and per-model defaults for missing fields
         (:mod:`ropeflow.config`). ``layer_type`` picks one layer type's RoPE where they differ (Gemma 3:
         ``"sliding_attention"`` or ``"full_attention"``; ``ropeflow.layer_types(config)`` lists them). The
-        embedding's ``layout`` is the model's (interleaved for GPT-J, ChatGLM, Cohere, Llama 4).
+        embedding's ``layout`` is the model's (interleaved for GPT-J, ChatGLM, Cohere, Llama 4). M-RoPE models
+        (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) get their ``mrope_section`` and ``mrope_interleaved``.
         """
         from .config import rope_settings
 
         s = rope_settings(config, layer_type)
         return cls(s["dim"], s["max_position_embeddings"], s["base"], scaling=s["scaling"], backend=backend,
-                   precision=precision, dynamic_policy=dynamic_policy, layout=s["layout"], inv_freq=inv_freq)
+                   precision=precision, dynamic_policy=dynamic_policy, layout=s["layout"], inv_freq=inv_freq,
+                   mrope_section=s.get("mrope_section"), mrope_interleaved=s.get("mrope_interleaved", False))
 
     @classmethod
     def from_preset(cls, name: str, *, layer_type: str | None = None, backend: str = "auto",
@@ -191,13 +206,20 @@ class RotaryEmbedding:
         """The multiplier folded into cos and sin (1.0 unless YaRN or LongRoPE)."""
         return self._current.attention_scaling
 
-    def __call__(self, x: Any, seq_len: int | None = None) -> tuple[Any, Any]:
+    def __call__(self, x: Any, seq_len: int | None = None, *, position_ids: Any = None) -> tuple[Any, Any]:
         """``(cos, sin)`` of shape ``(seq_len, dim)`` in ``x.dtype``, same array library and device as ``x``.
 
         x: any array of shape ``(..., seq, head_dim)`` (e.g. ``(batch, heads, seq, head_dim)``): NumPy, CuPy,
             a torch tensor or a JAX array; only its library, device and dtype are used. ``seq_len=None`` means
             ``x.shape[-2]``. Torch and JAX callers get views of one memoized tensor per (library, device, dtype).
+        position_ids: per-position tables instead (transformers' ``rotary_emb(x, position_ids)``): integer ids
+            of shape ``(seq,)`` or ``(batch, seq)`` give tables of shape ``ids.shape + (dim,)``, the rows
+            ``cos[ids]`` of the shared cache; on an M-RoPE embedding, ids of shape ``(3, batch, seq)`` give the
+            composed ``(batch, seq, dim)`` tables of Qwen2-VL / Qwen3-VL (2-D ids are text positions, the same
+            on all three axes). New arrays in ``x``'s dtype, library and device; x's shape is not used.
         """
+        if position_ids is not None:
+            return self._tables_at(x, seq_len, position_ids)
         origin = None
         if type(x) is not np.ndarray:
             meta = torch_cpu_metadata(x) if library_of(x) == "torch" else None
@@ -230,8 +252,52 @@ class RotaryEmbedding:
 
     forward = __call__
 
+    def _tables_at(self, x: Any, seq_len: Any, position_ids: Any) -> tuple[Any, Any]:
+        """:meth:`__call__` with ``position_ids``: gathered (or M-RoPE composed) tables."""
+        from .positions import compose_mrope, gather_rows, ids_and_longest, integer_ids
+
+        if seq_len is not None:
+            raise ValueError("seq_len: pass either seq_len (tables for positions 0 .. seq_len - 1) or position_ids "
+                             "(per-position tables), not both")
+        origin = None
+        if type(x) is not np.ndarray:
+            if library_of(x) == "torch" and x.requires_grad:
+                x = x.detach()  # only x's dtype and device are used: hidden states that require grad are fine
+            x, origin = to_native(x, "x")
+        xp_ns = _xp.namespace(x)
+        dtype_name = _xp.dtype_name(x.dtype, "x.dtype")
+        position_ids = to_native_or_none(position_ids, "position_ids")
+        backend = resolve(self._requested_backend, x)
+        xp = _xp.array_module(x)
+        with _xp.device_scope(x):
+            ids = integer_ids(xp, position_ids)
+            if ids.ndim == 3 and self._mrope is None:
+                raise ValueError(f"position_ids: shape {tuple(ids.shape)} (3, batch, seq) is M-RoPE's; this embedding "
+                                 "has no mrope_section. Pass (seq,) or (batch, seq) ids, or build it with "
+                                 "mrope_section=...")
+            if ids.ndim not in (1, 2) and not (ids.ndim == 3 and ids.shape[0] == 3):
+                allowed = "(seq,), (batch, seq) or (3, batch, seq)" if self._mrope else "(seq,) or (batch, seq)"
+                raise ValueError(f"position_ids: expected shape {allowed}, got {tuple(ids.shape)}")
+            ids, longest = ids_and_longest(ids)
+        self._check_reference_positions(longest, "position_ids")
+        dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+        cos, sin = self._serve(backend, _xp.device_key(x), longest, dtype_name, xp_ns, dtype)
+        with _xp.device_scope(x):
+            if ids.ndim == 3:
+                n_batch, n_seq = int(ids.shape[1]), int(ids.shape[2])
+                cos = compose_mrope(xp, cos, ids, self._mrope).reshape(n_batch, n_seq, self.dim)
+                sin = compose_mrope(xp, sin, ids, self._mrope).reshape(n_batch, n_seq, self.dim)
+            else:
+                cos, sin = gather_rows(xp, cos, ids), gather_rows(xp, sin, ids)
+        return from_native(cos, origin), from_native(sin, origin)
+
+    def _check_reference_positions(self, longest: int, name: str) -> None:
+        if self.precision == "reference" and longest > REFERENCE_MAX_POSITIONS:
+            raise ValueError(f"{name}: the largest position is {longest - 1}, but reference precision computes "
+                             "positions in float32, exact only below 2**24; use precision='exact'")
+
     def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str | None = None,
-              seq_axis: int = -2) -> tuple[Any, Any]:
+              seq_axis: int = -2, cu_seqlens: Any = None) -> tuple[Any, Any]:
         """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts and head dims may differ, as in
         grouped-query attention; ``k=None`` rotates ``q`` alone) and return new arrays ``(q_rot, k_rot)``.
 
@@ -239,8 +305,14 @@ class RotaryEmbedding:
         which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
         ``layout=None`` means this embedding's ``layout``. Every argument is checked before any table is built:
         a call that raises changes nothing.
+
+        Packed batches: ``cu_seqlens`` (``(n_seqs + 1,)``) with q, k of shape ``(total_tokens, heads, head_dim)``
+        and ``seq_axis=-3`` (or ``(total_tokens, head_dim)``); positions restart per sequence at ``offset`` (an
+        int or ``(n_seqs,)``). M-RoPE (an embedding with ``mrope_section``): ``position_ids`` of shape ``(3,
+        batch, seq)``; the per-token tables are composed once and q and k rotated by them in one kernel call.
         """
         from .apply import as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
+        from .positions import check_position_ids3, compose_mrope, packed_positions
 
         if layout is None:
             layout = self.layout
@@ -253,6 +325,7 @@ class RotaryEmbedding:
         position_ids = to_native_or_none(position_ids, "position_ids")
         if not isinstance(offset, int):
             offset = to_native_or_none(offset, "offset")
+        cu_seqlens = to_native_or_none(cu_seqlens, "cu_seqlens")
         q = check_input(q, "q")
         layout = check_layout(layout)
         seq_axis = check_seq_axis(seq_axis)
@@ -270,20 +343,35 @@ class RotaryEmbedding:
                                  f"shape {tuple(q.shape)} has {(q4.shape[0], q4.shape[2])}; they must be equal")
             _check_head_dim(k, self.dim, "k")
         backend = resolve(self._requested_backend, q)
+        xp = _xp.array_module(q)
+        n_batch, n_seq = int(q4.shape[0]), int(q4.shape[2])
+        ids3 = None
         with _xp.device_scope(q):
-            positions, longest = positions_of(_xp.array_module(q), position_ids, offset, int(q4.shape[0]),
-                                              int(q4.shape[2]), sys.maxsize)
+            if cu_seqlens is not None:
+                positions, longest = packed_positions(xp, cu_seqlens, offset, n_batch, n_seq, position_ids)
+                name = "cu_seqlens and offset"
+            elif getattr(position_ids, "ndim", 0) == 3:
+                if self._mrope is None:
+                    raise ValueError(f"position_ids: shape {tuple(position_ids.shape)} (3, batch, seq) is M-RoPE's; "
+                                     "this embedding has no mrope_section. Pass (seq,) or (batch, seq) ids, or build "
+                                     "it with mrope_section=...")
+                ids3, longest = check_position_ids3(xp, position_ids, n_batch, n_seq)
+                name = "position_ids"
+            else:
+                positions, longest = positions_of(xp, position_ids, offset, n_batch, n_seq, sys.maxsize)
+                name = "offset" if position_ids is None else "position_ids"
         if longest is None:  # device position_ids: the table length needs their maximum (one device sync)
             longest = int(positions.max()) + 1
             if longest - 1 < 0 or int(positions.min()) < 0:
                 raise ValueError("position_ids: positions must be >= 0")
-        if self.precision == "reference" and longest > REFERENCE_MAX_POSITIONS:
-            name = "offset" if position_ids is None else "position_ids"
-            raise ValueError(f"{name}: the largest position is {longest - 1}, but reference precision computes "
-                             "positions in float32, exact only below 2**24; use precision='exact'")
+        self._check_reference_positions(longest, name)
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
         cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, _xp.namespace(q),
                                _xp.numpy_dtype(table_dtype))
+        if ids3 is not None:  # M-RoPE: per-token tables, row b * seq + s for token (b, s)
+            with _xp.device_scope(q):
+                cos, sin = compose_mrope(xp, cos, ids3, self._mrope), compose_mrope(xp, sin, ids3, self._mrope)
+                positions = xp.arange(n_batch * n_seq, dtype=np.int64).reshape(n_batch, n_seq)
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
         job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
         with _xp.device_scope(q):
@@ -331,7 +419,9 @@ class RotaryEmbedding:
         return (
             f"RotaryEmbedding(dim={self.dim}, max_position_embeddings={self.max_position_embeddings}, "
             f"base={self.base}, scaling={scaling}, backend={self._requested_backend!r}, "
-            f"precision={self.precision!r}, dynamic_policy={self.dynamic_policy!r}, layout={self.layout!r})"
+            f"precision={self.precision!r}, dynamic_policy={self.dynamic_policy!r}, layout={self.layout!r}"
+            + ("" if self._mrope is None else f", mrope_section={list(self.mrope_section)!r}, "
+               f"mrope_interleaved={self.mrope_interleaved!r}") + ")"
         )
 
     # ------------------------------------------------------------------------------------ internals
