@@ -323,7 +323,9 @@ def test_bench_small(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: py
     from ropeflow.bench import tables as bench_tables
 
     monkeypatch.setattr(bench_tables, "QUICK_CPU_SIZES", [(64, 8), (128, 16)])
-    monkeypatch.setattr(bench_apply, "QUICK_CASES", [("prefill", (1, 2, 16, 32))])
+    monkeypatch.setattr(bench_apply, "QUICK_CPU_CASES", [("prefill", (1, 2, 16, 32), 1, "head-major", "float32"),
+                                                         ("prefill", (1, 2, 16, 32), 1, "token-major", "bfloat16")])
+    monkeypatch.setattr(bench_apply, "_jax_rotate", lambda: None)
     monkeypatch.setattr(bench_tables, "MEASURE_STARTUP", False)  # fresh processes: seconds; run by --quick
     monkeypatch.setattr(bench_tables, "optional_torch", lambda: (None, None))  # torch: see the next test
     monkeypatch.setattr(bench_apply, "optional_torch", lambda: (None, None))
@@ -337,8 +339,9 @@ def test_bench_small(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: py
     assert "cache hit:" in out and "decode loop 1..2048" in out
     res = json.loads(out_json.read_text())
     assert [r["case"] for r in res["tables"]["rows"]] == ["64 x 8", "128 x 16"]
-    assert [r["case"] for r in res["apply"]["rows"]] == ["prefill (1, 2, 16, 32) float32",
-                                                         "prefill (1, 2, 16, 32) float16"]
+    assert [r["case"] for r in res["apply"]["rows"]] == [
+        "prefill q(1, 2, 16, 32) k heads 1 head-major float32",
+        "prefill q(1, 2, 16, 32) k heads 1 token-major bfloat16"]
     for suite in ("tables", "apply"):
         for row in res[suite]["rows"]:
             assert set(row["ms"]) == set(res[suite]["columns"])

@@ -1,9 +1,11 @@
 """Rotation benchmark: ropeflow's apply (q and k) vs the seed's PyTorch ``apply_rotary_pos_emb``, in one run.
 
-Shapes: prefill q, k of (1, 32, 4096, 128) and decode q, k of (8, 32, 1, 128) at per-sequence offsets
-(quick: prefill (1, 8, 1024, 128)); float32 and float16; "half" layout (the seed's ``rotate_half`` form).
-CPU: best of ``repeats``. GPU: median of ``repeats`` after a warm-up, CUDA events, against the seed's code on
-CUDA and a device-to-device copy. Not a test: nothing here asserts a timing.
+CPU (``CPU_CASES``): decode of 1, 8 and 64 sequences of one token (q 32 heads, k 8 heads, head_dim 128, through
+``RotaryEmbedding.apply`` end to end: time per call), prefill q (1, 32, 4096, 128) with k (1, 8, 4096, 128) in
+head-major and token-major memory (``seq_axis=-3``), and float16 / bfloat16 prefill; against the seed's PyTorch
+code, a jitted JAX rotation (when installed) and a plain copy of q and k. "half" layout (the seed's
+``rotate_half`` form). GPU: prefill and decode shapes, median of ``repeats`` after a warm-up, CUDA events, against
+the seed's code on CUDA and a device-to-device copy. Not a test: nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,23 @@ CASES = [("prefill", (1, 32, 4096, 128)), ("decode", (8, 32, 1, 128))]
 QUICK_CASES = [("prefill", (1, 8, 1024, 128)), ("decode", (8, 32, 1, 128))]
 DTYPES = (np.float32, np.float16)
 TABLE_LEN = 8192
-CPU_COLUMNS = ["torch", "numpy", "numba", "copy"]
+CPU_COLUMNS = ["torch", "jax", "numpy", "numba", "copy"]
+#: CPU cases: (label, q shape (B, H, S, D), k heads, memory order, dtype). k has fewer heads (GQA, 32/8).
+#: "token-major" arrays are (B, S, H, D) in memory, rotated with ``seq_axis=-3``.
+CPU_CASES = [
+    ("decode x1", (1, 32, 1, 128), 8, "head-major", "float32"),
+    ("decode x8", (8, 32, 1, 128), 8, "head-major", "float32"),
+    ("decode x64", (64, 32, 1, 128), 8, "head-major", "float32"),
+    ("prefill", (1, 32, 4096, 128), 8, "head-major", "float32"),
+    ("prefill", (1, 32, 4096, 128), 8, "token-major", "float32"),
+    ("prefill", (1, 32, 4096, 128), 8, "head-major", "float16"),
+    ("prefill", (1, 32, 4096, 128), 8, "head-major", "bfloat16"),
+]
+QUICK_CPU_CASES = [c for c in CPU_CASES if c[0].startswith("decode")] + [
+    ("prefill", (1, 8, 1024, 128), 2, "head-major", "float32"),
+    ("prefill", (1, 8, 1024, 128), 2, "token-major", "float32"),
+    ("prefill", (1, 8, 1024, 128), 2, "head-major", "bfloat16"),
+]
 
 
 def _inputs(shape: tuple[int, ...], dtype: Any, xp: Any = np) -> tuple[Any, Any, np.ndarray, np.ndarray]:
@@ -32,9 +50,47 @@ def _inputs(shape: tuple[int, ...], dtype: Any, xp: Any = np) -> tuple[Any, Any,
     return xp.asarray(q), xp.asarray(k), offsets, positions
 
 
+def _np_dtype(name: str) -> np.dtype:
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _per_call(fn: Any, repeats: int, min_seconds: float = 0.02) -> float:
+    """Seconds per call: the best over ``repeats`` rounds of the mean of enough back-to-back calls to fill
+    ``min_seconds`` (decode calls take microseconds: one call is below the timer's noise)."""
+    fn()
+    calls = 1
+    while best_of(lambda: [fn() for _ in range(calls)], 1) < min_seconds and calls < 1 << 16:
+        calls *= 4
+    return best_of(lambda: [fn() for _ in range(calls)], repeats) / calls
+
+
+def _jax_rotate() -> Any:
+    """A jitted JAX ``rotate_half`` rotation of q and k (the seed's math), or None without JAX."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+
+    def rotate(x, cos, sin):
+        half = x.shape[-1] // 2
+        rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return x * cos + rot * sin
+
+    @jax.jit
+    def both(q, k, cos, sin):
+        return rotate(q, cos, sin), rotate(k, cos, sin)
+
+    return both
+
+
 def cpu_steps(quick: bool) -> int:
     """How many progress steps :func:`cpu_main` takes."""
-    return len(QUICK_CASES if quick else CASES) * len(DTYPES) * len(CPU_COLUMNS)
+    return len(QUICK_CPU_CASES if quick else CPU_CASES) * len(CPU_COLUMNS)
 
 
 def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
@@ -43,41 +99,63 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
 
     progress = progress or Progress(cpu_steps(quick), enabled=False)
     torch, seed = optional_torch()
+    jax_rotate = _jax_rotate()
     machine = describe_cpu() + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch
-                                else ", torch absent")
+                                else ", torch absent") + (", jax present" if jax_rotate else ", jax absent")
     res = result("rotate q and k", CPU_COLUMNS, machine)
     progress.echo(f"machine: {machine}")
-    progress.echo(f"best of {repeats}; q and k rotated; ratios = other / numba\n")
-    progress.echo(f"{'case':8s} {'dtype':8s} {'torch ms':>9s} {'numpy ms':>9s} {'numba ms':>9s} {'copy ms':>8s}"
-                  "  torch/numba  numpy/numba  numba/copy")
-    for label, shape in QUICK_CASES if quick else CASES:
-        for dtype in DTYPES:
-            case = f"{label} {np.dtype(dtype).name}"
-            q, k, offsets, positions = _inputs(shape, dtype)
-            timings = {}
-            for name in ("numpy", "numba"):
-                progress.step(f"{name} {case}")
-                rope = ropeflow.RotaryEmbedding(shape[-1], TABLE_LEN, backend=name)
-                rope.cos_sin(TABLE_LEN)
-                timings[name] = best_of(lambda: rope.apply(q, k, offset=offsets), repeats, warmup=True)
-            progress.step(f"torch {case}")
-            t_torch = math.nan
-            if torch is not None:
-                cos, sin = ropeflow.RotaryEmbedding(shape[-1], TABLE_LEN, backend="numpy").cos_sin(TABLE_LEN)
-                tdt = torch.float32 if dtype == np.float32 else torch.float16
-                tc, ts = torch.from_numpy(np.array(cos)).to(tdt), torch.from_numpy(np.array(sin)).to(tdt)
-                tq, tk, tp = torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(positions)
-                t_torch = best_of(lambda: (seed.apply_rotary_half(tq, tc, ts, tp),
-                                           seed.apply_rotary_half(tk, tc, ts, tp)), repeats, warmup=True)
-            progress.step(f"copy {case}")
-            t_copy = best_of(lambda: (q.copy(), k.copy()), repeats, warmup=True)
-            nb = timings["numba"]
-            times = {"torch": t_torch, "numpy": timings["numpy"], "numba": nb, "copy": t_copy}
-            res["rows"].append({"case": f"{label} {shape} {np.dtype(dtype).name}",
-                                "ms": {c: t * 1e3 for c, t in times.items()}})
-            progress.echo(f"{label:8s} {np.dtype(dtype).name:8s} {t_torch * 1e3:9.3f} {timings['numpy'] * 1e3:9.3f} "
-                          f"{nb * 1e3:9.3f} {t_copy * 1e3:8.3f}  {t_torch / nb:10.2f}x "
-                          f"{timings['numpy'] / nb:11.2f}x {nb / t_copy:10.2f}x")
+    progress.echo(f"best of {repeats}; q and k (fewer heads) rotated by RotaryEmbedding.apply at per-sequence "
+                  "offsets; ratios = other / numba\n")
+    progress.echo(f"{'case':32s} {'torch':>9s} {'jax':>9s} {'numpy':>9s} {'numba':>9s} {'copy':>9s}  "
+                  "torch/numba  numba/copy   (ms)")
+    for label, shape, k_heads, order, dtype_name in QUICK_CPU_CASES if quick else CPU_CASES:
+        dtype = _np_dtype(dtype_name)
+        b, h, s, d = shape
+        case = f"{label} {order} {dtype_name}"
+        q, _, offsets, positions = _inputs(shape, dtype)
+        k, _, _, _ = _inputs((b, k_heads, s, d), dtype)
+        seq_axis = -2
+        if order == "token-major":
+            q, k = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (q, k))
+            seq_axis = -3
+        timings = {}
+        for name in ("numpy", "numba"):
+            progress.step(f"{name} {case}")
+            rope = ropeflow.RotaryEmbedding(d, TABLE_LEN, backend=name)
+            rope.cos_sin(TABLE_LEN)
+            timings[name] = _per_call(lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis), repeats)
+        cos, sin = ropeflow.RotaryEmbedding(d, TABLE_LEN, backend="numpy").cos_sin(TABLE_LEN)
+        progress.step(f"torch {case}")
+        t_torch = math.nan
+        if torch is not None:
+            tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
+            tc, ts = torch.from_numpy(np.array(cos)).to(tdt), torch.from_numpy(np.array(sin)).to(tdt)
+            tp = torch.from_numpy(positions)
+            as_torch = (lambda a: torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)) \
+                if dtype_name == "bfloat16" else torch.from_numpy
+            tq, tk = as_torch(q), as_torch(k)
+            if order == "token-major":  # the seed's code wants (B, H, S, D): hand it the transposed views
+                tq, tk = tq.transpose(1, 2), tk.transpose(1, 2)
+            t_torch = _per_call(lambda: (seed.apply_rotary_half(tq, tc, ts, tp),
+                                         seed.apply_rotary_half(tk, tc, ts, tp)), repeats)
+        progress.step(f"jax {case}")
+        t_jax = math.nan
+        if jax_rotate is not None and order == "head-major":
+            import jax.numpy as jnp
+
+            jq, jk = jnp.asarray(q), jnp.asarray(k)
+            jc = jnp.asarray(np.asarray(cos)[positions][:, None].astype(dtype))
+            js = jnp.asarray(np.asarray(sin)[positions][:, None].astype(dtype))
+            t_jax = _per_call(lambda: [a.block_until_ready() for a in jax_rotate(jq, jk, jc, js)], repeats)
+        progress.step(f"copy {case}")
+        qo, ko = np.empty_like(q), np.empty_like(k)
+        t_copy = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
+        nb = timings["numba"]
+        times = {"torch": t_torch, "jax": t_jax, "numpy": timings["numpy"], "numba": nb, "copy": t_copy}
+        res["rows"].append({"case": f"{label} q{shape} k heads {k_heads} {order} {dtype_name}",
+                            "ms": {c: t * 1e3 for c, t in times.items()}})
+        progress.echo(f"{case:32s} {t_torch * 1e3:9.4f} {t_jax * 1e3:9.4f} {timings['numpy'] * 1e3:9.4f} "
+                      f"{nb * 1e3:9.4f} {t_copy * 1e3:9.4f}  {t_torch / nb:10.2f}x {nb / t_copy:10.2f}x")
     return res
 
 
