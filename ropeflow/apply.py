@@ -53,6 +53,8 @@ def check_input(x: Any, name: str) -> Any:
     converted: a copy), or a TypeError naming ``name``."""
     _xp.namespace(x, name)
     _xp.dtype_name(x.dtype, f"{name}.dtype")
+    if type(x) is not np.ndarray and isinstance(x, np.ndarray):
+        x = x.view(np.ndarray)  # subclasses (np.matrix stays 2-D under reshape, memmap): their plain data
     if not x.dtype.isnative:
         x = x.astype(x.dtype.newbyteorder("="))
     return x

@@ -404,3 +404,15 @@ def test_yarn_softmax_scale_anything(head_dim, factor):
     result = raises_naming(("head_dim", "factor"), lambda: ropeflow.yarn_softmax_scale(head_dim, factor))
     if result is not None:
         assert math.isfinite(result) and result > 0
+
+
+def test_ndarray_subclasses_are_read_as_plain_arrays():
+    """np.matrix (which stays 2-D under reshape) and memmap inputs rotate like their plain data."""
+    cos, sin = _tables(8, 8)
+    data = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
+    want = apply_rotary(data, cos, sin)
+    for x in (np.asmatrix(data), np.asmatrix(data).T.T):
+        got = apply_rotary(x, cos, sin)
+        assert type(got) is np.ndarray and np.array_equal(got, want)
+    q_rot, _ = RotaryEmbedding(8, 64, 10000.0, backend="numpy").apply(np.asmatrix(data))
+    assert np.array_equal(q_rot, want)
