@@ -76,9 +76,12 @@ def device_key(x: Any) -> int | str:
 def device_scope(x: Any) -> Any:
     """A context manager making ``x``'s device current (CuPy allocates on the current device), a no-op for
     NumPy arrays."""
-    if is_cupy(x):
-        return x.device
-    return contextlib.nullcontext()
+    if type(x) is np.ndarray or not is_cupy(x):
+        return _NO_SCOPE
+    return x.device
+
+
+_NO_SCOPE = contextlib.nullcontext()
 
 
 def bfloat16_dtype() -> np.dtype:

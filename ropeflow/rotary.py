@@ -18,9 +18,9 @@ import numpy as np
 from . import _xp
 from ._cache import Table, publish, shared_table
 from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
-from .apply import LAYOUTS
+from .apply import LAYOUTS, as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
 from .backends import BACKEND_NAMES, get_backend, resolve
-from .positions import check_mrope
+from .positions import check_mrope, check_position_ids3, compose_mrope, packed_positions
 from .scaling import (
     DynamicScaling,
     Frequencies,
@@ -311,9 +311,6 @@ class RotaryEmbedding:
         int or ``(n_seqs,)``). M-RoPE (an embedding with ``mrope_section``): ``position_ids`` of shape ``(3,
         batch, seq)``; the per-token tables are composed once and q and k rotated by them in one kernel call.
         """
-        from .apply import as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
-        from .positions import check_position_ids3, compose_mrope, packed_positions
-
         if layout is None:
             layout = self.layout
 

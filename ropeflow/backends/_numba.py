@@ -470,7 +470,7 @@ try:
 except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
     pass
 #: Rotations of fewer elements (q and k together) than this run serially on the calling thread.
-SERIAL_ELEMENTS = 1 << 16
+SERIAL_ELEMENTS = 1 << 14
 
 
 class NumbaBackend:
