@@ -19,6 +19,7 @@ import numpy as np
 from . import _xp
 from ._interop import from_native, to_native, to_native_or_none, writable_native
 from .backends import resolve
+from .positions import integer_array
 
 #: Positions are int64 table rows.
 MAX_POSITION = 2**63 - 1
@@ -75,20 +76,6 @@ def as_4d(a: Any, seq_axis: int, name: str) -> Any:
     return a.transpose(0, 2, 1, 3)
 
 
-def _integer_array(xp: Any, value: Any, name: str) -> Any:
-    """``value`` as an integer array of ``xp``'s library, or a TypeError naming ``name``."""
-    if not hasattr(value, "dtype"):
-        try:
-            value = xp.asarray(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"{name}: expected an integer array, got {value!r} ({exc})") from None
-    elif _xp.is_numpy(value) != (xp is np):
-        raise TypeError(f"{name}: a {type(value).__module__} array with {xp.__name__} inputs; use one library")
-    if value.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected an integer array, got dtype {value.dtype}")
-    return value
-
-
 def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: int, table_len: int
                  ) -> tuple[Any, int]:
     """``(positions, longest)``: ``(batch, seq)`` int64 table rows (``(1, seq)`` when every batch row reads the
@@ -100,7 +87,7 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
     guards every position against the table length instead (see ``CupyBackend.check_errors``)."""
     name = "position_ids" if position_ids is not None else "offset"
     if position_ids is not None:
-        ids = _integer_array(xp, position_ids, "position_ids")
+        ids = integer_array(xp, position_ids, "position_ids")
         if ids.ndim == 1:
             if ids.shape[0] != n_seq:
                 raise ValueError(f"position_ids: shape {tuple(ids.shape)} does not match seq length {n_seq}")
@@ -135,7 +122,7 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
         else:
             if isinstance(offset, (bool, np.bool_, float, np.floating, str)):
                 raise TypeError(f"offset: expected an int or an integer array of shape (batch,), got {offset!r}")
-            offsets = _integer_array(xp, offset, "offset")
+            offsets = integer_array(xp, offset, "offset")
             if offsets.ndim != 1 or offsets.shape[0] != n_batch:
                 raise ValueError(f"offset: expected shape (batch,) = ({n_batch},), got {tuple(offsets.shape)}")
             lo, hi = int(offsets.min()), int(offsets.max())

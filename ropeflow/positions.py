@@ -253,19 +253,24 @@ def check_position_ids3(xp: Any, position_ids: Any, n_batch: int | None = None, 
 
 def integer_ids(xp: Any, position_ids: Any) -> Any:
     """``position_ids`` as an integer array of ``xp``'s library (lists converted), or a TypeError."""
-    ids = position_ids
-    if not hasattr(ids, "dtype"):
-        if isinstance(ids, (str, bytes)) or ids is None:
-            raise TypeError(f"position_ids: expected an integer array, got {ids!r}")
+    return integer_array(xp, position_ids, "position_ids")
+
+
+def integer_array(xp: Any, value: Any, name: str) -> Any:
+    """``value`` as an integer array of ``xp``'s library (numpy or cupy; lists converted), or a TypeError
+    naming ``name``."""
+    if not hasattr(value, "dtype"):
+        if isinstance(value, (str, bytes)) or value is None:
+            raise TypeError(f"{name}: expected an integer array, got {value!r}")
         try:
-            ids = xp.asarray(ids)
+            value = xp.asarray(value)
         except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"position_ids: expected an integer array, got {position_ids!r} ({exc})") from None
-    elif _xp.is_numpy(ids) != (xp is np):
-        raise TypeError(f"position_ids: a {type(ids).__module__} array with {xp.__name__} inputs; use one library")
-    if ids.dtype.kind not in "iu":
-        raise TypeError(f"position_ids: expected an integer array, got dtype {ids.dtype}")
-    return ids
+            raise TypeError(f"{name}: expected an integer array, got {value!r} ({exc})") from None
+    elif _xp.is_numpy(value) != (xp is np):
+        raise TypeError(f"{name}: a {type(value).__module__} array with {xp.__name__} inputs; use one library")
+    if value.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {value.dtype}")
+    return value
 
 
 def ids_and_longest(ids: Any) -> tuple[Any, int]:
