@@ -258,7 +258,7 @@ def test_llama31_preset():
 
 def test_qwen_preset_is_standard():
     rope = RotaryEmbedding.from_preset("qwen2.5-7b")
-    assert (rope.dim, rope.base, rope.max_position_embeddings, rope.scaling) == (128, 1e6, 32768, None)
+    assert (rope.dim, rope.base, rope.max_position_embeddings, rope.scaling) == (128, 1e6, 131072, None)
     np.testing.assert_array_equal(rope.inv_freq, compute_frequencies(None, 128, 1e6, 1, "reference").inv_freq)
 
 
