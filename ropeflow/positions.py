@@ -46,18 +46,8 @@ def _is_int(value: Any) -> bool:
 def _host_integers(value: Any, name: str) -> np.ndarray:
     """``value`` (a list, NumPy or CuPy array) as a host int64 array, or a TypeError naming ``name``."""
     if _xp.is_cupy(value):
-        if value.dtype.kind not in "iu":
-            raise TypeError(f"{name}: expected an integer array, got dtype {value.dtype}")
-        value = value.get()
-    if not isinstance(value, np.ndarray):
-        if isinstance(value, (str, bytes)) or value is None:
-            raise TypeError(f"{name}: expected an integer array, got {value!r}")
-        try:
-            value = np.asarray(value)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TypeError(f"{name}: expected an integer array, got {value!r} ({exc})") from None
-    if value.dtype.kind not in "iu":
-        raise TypeError(f"{name}: expected an integer array, got dtype {value.dtype} ({value!r:.80})")
+        value = integer_array(_xp.cupy_module(), value, name).get()
+    value = integer_array(np, value, name)
     if value.dtype == np.uint64 and value.size and int(value.max()) > MAX_POSITION:
         raise ValueError(f"{name}: values must be below 2**63, got {int(value.max())}")
     return value.astype(np.int64)
