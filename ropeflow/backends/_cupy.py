@@ -353,30 +353,31 @@ class CupyBackend:
     # --------------------------------------------------------------------------------- compilation
     def module(self, device: int) -> Any:
         """The compiled ``RawModule`` for ``device`` (compiled once per device)."""
-        mod = self._modules.get(device)
-        if mod is None:
+
+        def compile_module() -> Any:
+            mod = self.cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS,
+                                      name_expressions=name_expressions())
+            mod.compile()
+            return mod
+
+        return self._per_device(self._modules, device, compile_module)
+
+    def _per_device(self, cache: dict[int, Any], device: int, make: Any) -> Any:
+        """``cache[device]``, made once (under the lock, with ``device`` current) on first use."""
+        value = cache.get(device)
+        if value is None:
             with self._lock:
-                mod = self._modules.get(device)
-                if mod is None:
+                value = cache.get(device)
+                if value is None:
                     with self.cupy.cuda.Device(device):
-                        mod = self.cupy.RawModule(code=kernel_source(), options=COMPILE_OPTIONS,
-                                                  name_expressions=name_expressions())
-                        mod.compile()
-                    self._modules[device] = mod
-        return mod
+                        value = make()
+                    cache[device] = value
+        return value
 
     def error_buffer(self, device: int) -> Any:
         """The device's int64 ``[flag, position, table_rows]`` buffer the rotation kernel reports into
         (allocated once per device)."""
-        buf = self._errors.get(device)
-        if buf is None:
-            with self._lock:
-                buf = self._errors.get(device)
-                if buf is None:
-                    with self.cupy.cuda.Device(device):
-                        buf = self.cupy.zeros(3, dtype=self.cupy.int64)
-                    self._errors[device] = buf
-        return buf
+        return self._per_device(self._errors, device, lambda: self.cupy.zeros(3, dtype=self.cupy.int64))
 
     def check_errors(self, device: int | None = None) -> None:
         """Raise the ``ValueError`` of an out-of-range position seen by a rotation since the last check, on

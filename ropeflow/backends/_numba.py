@@ -173,26 +173,24 @@ def _table_rows_f64(inv_freq, start, divisor, scale, use_libm, cos_out, sin_out)
 # round-to-nearest-even, directly from the float64 result (one rounding).
 
 
-@intrinsic
-def _f64_bits(typingctx, x):
-    """The IEEE bits of a float64 as an int64 (an LLVM bitcast: vectorizable, no memory round trip)."""
-    sig = types.int64(types.float64)
+def _bitcast(source: Any, target: Any, llvm_target: Any, doc: str) -> Any:
+    """A Numba intrinsic reinterpreting the IEEE bits of a ``source`` scalar as ``target`` (an LLVM bitcast:
+    vectorizable, no memory round trip)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.IntType(64))
+    def typer(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_target)
 
-    return sig, codegen
+        return target(source), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def _bits_f64(typingctx, x):
-    """The float64 whose IEEE bits are the int64 ``x``."""
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.DoubleType())
-
-    return sig, codegen
+_f64_bits = _bitcast(types.float64, types.int64, llvm_ir.IntType(64), "float64 -> its bits as an int64")
+_bits_f64 = _bitcast(types.int64, types.float64, llvm_ir.DoubleType(), "int64 bits -> the float64")
+_f32_bits = _bitcast(types.float32, types.int32, llvm_ir.IntType(32), "float32 -> its bits as an int32")
+_bits_f32 = _bitcast(types.int32, types.float32, llvm_ir.FloatType(), "int32 bits -> the float32")
 
 
 @intrinsic
@@ -252,28 +250,6 @@ def _encode(v, mant_bits, bias):
     if h > (exp_mask << mant_bits):
         h = exp_mask << mant_bits
     return np.uint16(sign | h)
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    """The IEEE bits of a float32 as an int32 (an LLVM bitcast)."""
-    sig = types.int32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.IntType(32))
-
-    return sig, codegen
-
-
-@intrinsic
-def _bits_f32(typingctx, x):
-    """The float32 whose IEEE bits are the int32 ``x``."""
-    sig = types.float32(types.int32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], llvm_ir.FloatType())
-
-    return sig, codegen
 
 
 @_jit(inline="always")
