@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _xp
 from ._cache import Table, publish, shared_table
+from ._hotpath import host_apply, torch_host_apply
 from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
 from .apply import LAYOUTS, as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
 from .backends import BACKEND_NAMES, get_backend, resolve
@@ -313,6 +314,13 @@ class RotaryEmbedding:
         """
         if layout is None:
             layout = self.layout
+        if position_ids is None and cu_seqlens is None:  # a table hit on host arrays: the hot path, else None
+            if type(q) is np.ndarray:
+                done = host_apply(self, q, k, offset, layout, seq_axis)
+            else:
+                done = torch_host_apply(self, q, k, offset, layout, seq_axis) if library_of(q) == "torch" else None
+            if done is not None:
+                return done
 
         origin = None
         if type(q) is not np.ndarray:

@@ -1,0 +1,144 @@
+"""The host hot path of :meth:`RotaryEmbedding.apply`: decode-sized calls on NumPy arrays.
+
+A decode step rotates a few thousand numbers; the general path's layers (array-API wrappers, one job per
+tensor, sliced table views) cost more than the kernel. :func:`host_apply` does the same work with fewer
+Python steps, for the common case only:
+
+* q (and k) plain 4-D NumPy arrays of one supported dtype, native byte order, ``seq_axis`` -2 or -3;
+* positions ``offset + arange(seq)`` with ``offset`` an int or a 1-D integer array of shape ``(batch,)``;
+* a fixed-frequency embedding whose table already holds the rows asked (a cache hit).
+
+Anything else, including every invalid argument, returns None and the general path runs, so errors and
+results are the general path's own. The kernel call is the same one, with the same arguments.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+#: Positions are int64 table rows (``apply.MAX_POSITION``).
+_MAX_POSITION = 2**63 - 1
+#: Offsets arrays up to this size are range-checked as Python ints (faster than two reductions).
+_LIST_CHECK = 64
+#: Reference precision computes positions in float32 (``rotary.REFERENCE_MAX_POSITIONS``).
+_REFERENCE_MAX_POSITIONS = 2**24
+_LAYOUTS = frozenset(("half", "interleaved", "deepseek"))
+
+
+def _table_dtypes() -> dict[np.dtype, str]:
+    """Input dtype -> the dtype name of the tables the kernels read (float64 only for float64 inputs)."""
+    names = {np.dtype(np.float16): "float32", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
+    try:
+        import ml_dtypes
+
+        names[np.dtype(ml_dtypes.bfloat16)] = "float32"
+    except ImportError:  # pragma: no cover - no bfloat16 arrays then
+        pass
+    return names
+
+
+_TABLE_DTYPES = _table_dtypes()
+
+
+def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, int] | None:
+    """``(positions, longest)`` for ``offset + arange(n_seq)``: ``(1, n_seq)`` or ``(n_batch, n_seq)`` int64
+    rows and the largest position + 1; None when ``offset`` is not a valid int or ``(n_batch,)`` integer
+    array (the general path then reports it)."""
+    if type(offset) is int:
+        if offset < 0 or offset > _MAX_POSITION - n_seq:
+            return None
+        return np.arange(offset, offset + n_seq, dtype=np.int64)[None, :], offset + n_seq
+    if type(offset) is not np.ndarray or offset.ndim != 1 or offset.shape[0] != n_batch \
+            or offset.dtype.kind not in "iu":
+        return None
+    if n_batch <= _LIST_CHECK:
+        values = offset.tolist()
+        lo, hi = min(values), max(values)
+    else:
+        lo, hi = int(offset.min()), int(offset.max())
+    if lo < 0 or hi > _MAX_POSITION - n_seq:
+        return None
+    starts = offset if offset.dtype == np.int64 else offset.astype(np.int64)
+    positions = starts[:, None] if n_seq == 1 else starts[:, None] + np.arange(n_seq, dtype=np.int64)
+    return positions, hi + n_seq
+
+
+def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: Any) -> tuple[Any, Any] | None:
+    """``(q_rot, k_rot)`` rotated at ``offset + arange(seq)``, or None where the general path must run.
+
+    q, k: ``(batch, heads, seq, head_dim)`` (``seq_axis=-2``) or ``(batch, seq, heads, head_dim)``
+    (``seq_axis=-3``) NumPy arrays; ``k`` may be None. ``rope``: the :class:`~ropeflow.RotaryEmbedding`."""
+    if type(q) is not np.ndarray or q.ndim != 4 or (k is not None and (type(k) is not np.ndarray or k.ndim != 4)):
+        return None
+    if layout not in _LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
+        return None
+    table_dtype = _TABLE_DTYPES.get(q.dtype)
+    if table_dtype is None or (k is not None and k.dtype != q.dtype):
+        return None
+    dim = rope.dim
+    n_batch, n_seq = q.shape[0], q.shape[seq_axis]
+    if q.shape[3] < dim or n_batch == 0 or n_seq == 0:
+        return None
+    if k is not None and (k.shape[3] < dim or k.shape[0] != n_batch or k.shape[seq_axis] != n_seq):
+        return None
+    rows = host_positions(offset, n_batch, n_seq)
+    if rows is None:
+        return None
+    positions, longest = rows
+    if rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS:
+        return None
+    backend = rope._host_backend or rope._resolve_host()
+    table = rope._fixed.get((backend.name, "cpu", table_dtype))
+    if table is None or table._dtype_name != table_dtype:
+        return None
+    snap = table._snapshot
+    if snap.rows < longest or snap.cos is None:
+        return None
+    q_out = np.empty_like(q)
+    k_out = None if k is None else np.empty_like(k)
+    if seq_axis == -2:
+        backend.apply(q, q_out, snap.cos, snap.sin, positions, layout, dim, False, k=k, k_out=k_out)
+    else:
+        backend.apply(q.transpose(0, 2, 1, 3), q_out.transpose(0, 2, 1, 3), snap.cos, snap.sin, positions, layout,
+                      dim, False, k=None if k is None else k.transpose(0, 2, 1, 3),
+                      k_out=None if k is None else k_out.transpose(0, 2, 1, 3))
+    return q_out, k_out
+
+
+def torch_host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: Any) -> tuple[Any, Any] | None:
+    """:func:`host_apply` for torch CPU tensors (float16, float32, float64; an int, NumPy or torch
+    ``offset``): zero-copy NumPy views in, ``torch.from_numpy`` views of the results out; None where the
+    general path must run (bfloat16, autograd, other devices, invalid arguments)."""
+    torch = sys.modules["torch"]
+    if type(q) is not torch.Tensor or (k is not None and type(k) is not torch.Tensor):
+        return None
+    if q.dtype not in (_torch_fast_dtypes or _init_torch_fast_dtypes(torch)) or not q.is_cpu or q.requires_grad:
+        return None
+    if k is not None and (k.dtype != q.dtype or not k.is_cpu or k.requires_grad):
+        return None
+    if type(offset) is torch.Tensor:
+        if not offset.is_cpu or offset.requires_grad:
+            return None
+        offset = offset.numpy()  # an integer tensor: never conjugate or negative-bit
+    try:
+        q_np = q.numpy()
+        k_np = None if k is None else k.numpy()
+    except (TypeError, RuntimeError):  # conjugate / negative-bit views: the general path resolves them
+        return None
+    done = host_apply(rope, q_np, k_np, offset, layout, seq_axis)
+    if done is None:
+        return None
+    return torch.from_numpy(done[0]), None if k is None else torch.from_numpy(done[1])
+
+
+_torch_fast_dtypes: frozenset = frozenset()
+
+
+def _init_torch_fast_dtypes(torch: Any) -> frozenset:
+    """The torch dtypes whose ``Tensor.numpy()`` views the kernels take directly (set once torch is in use)."""
+    global _torch_fast_dtypes
+    _torch_fast_dtypes = frozenset((torch.float16, torch.float32, torch.float64))
+    return _torch_fast_dtypes

@@ -1,0 +1,213 @@
+"""The host hot path of RotaryEmbedding.apply (issue 16): taken where it applies, bit-identical to the general
+path and to the float64 loop reference rounded once, and never taken where the general path must decide."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import HOST_BACKENDS
+from reference import apply_naive
+
+from ropeflow import RotaryEmbedding, apply_rotary
+from ropeflow._hotpath import host_apply, host_positions, torch_host_apply
+
+TABLE = 64
+
+
+def _dtype(name):
+    if name == "bfloat16":
+        return np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    return np.dtype(name)
+
+
+def _rope(backend="numba", table_dtype="float32", **kw):
+    rope = RotaryEmbedding(16, TABLE, backend=backend, **kw)
+    rope.cos_sin(TABLE, table_dtype)  # the table the hot path reads
+    return rope
+
+
+def _table_dtype(x):
+    return "float64" if x.dtype == np.float64 else "float32"
+
+
+def _qk(shape_q, shape_k, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal(shape_q).astype(dtype), rng.standard_normal(shape_k).astype(dtype)
+
+
+def _general(rope, q, offset, layout, seq_axis):
+    """The general path: apply_rotary with the embedding's own tables."""
+    cos, sin = rope.cos_sin(TABLE, _table_dtype(q))
+    return apply_rotary(q, cos, sin, offset=offset, layout=layout, seq_axis=seq_axis, backend=rope.backend)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("layout", ["half", "interleaved", "deepseek"])
+@pytest.mark.parametrize("offset", [0, 5, "array", "int32 array"])
+def test_hot_path_equals_general_path_and_reference(backend, dtype_name, layout, offset):
+    dtype = _dtype(dtype_name)
+    # float64 inputs read float64 tables: exact precision (reference precision keeps float32 ones)
+    rope = _rope(backend, "float64", precision="exact") if dtype_name == "float64" else _rope(backend)
+    n_batch, n_seq = 3, 2
+    if offset == "array":
+        offset = np.array([0, 7, 40], dtype=np.int64)
+    elif offset == "int32 array":
+        offset = np.array([3, 0, 61], dtype=np.int32)
+    q, k = _qk((n_batch, 4, n_seq, 20), (n_batch, 2, n_seq, 16), dtype)  # q: head_dim 20 > dim (pass-through)
+    hot = host_apply(rope, q, k, offset, layout, -2)
+    assert hot is not None
+    q_rot, k_rot = rope.apply(q, k, offset=offset, layout=layout)
+    for got, x in ((hot[0], q), (hot[1], k), (q_rot, q), (k_rot, k)):
+        want = _general(rope, x, offset, layout, -2)
+        assert got.dtype == dtype and got.shape == x.shape
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+        cos, sin = (np.asarray(t, dtype=np.float64) for t in rope.cos_sin(TABLE, _table_dtype(x)))
+        positions = np.broadcast_to(np.asarray(offset).reshape(-1, 1) + np.arange(n_seq), (n_batch, n_seq))
+        ref = apply_naive(x, cos, sin, positions, layout, 16)
+        tol = {"float16": 1e-3, "bfloat16": 8e-3}.get(dtype_name, 1e-6)
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("n_seq", [1, 3])
+def test_token_major_and_q_alone(n_seq):
+    rope = _rope()
+    q, k = _qk((2, n_seq, 4, 16), (2, n_seq, 2, 16), np.float32, seed=1)
+    offset = np.array([9, 2])
+    hot_q, hot_k = host_apply(rope, q, k, offset, "half", -3)
+    np.testing.assert_array_equal(hot_q, _general(rope, q, offset, "half", -3))
+    np.testing.assert_array_equal(hot_k, _general(rope, k, offset, "half", -3))
+    alone, none = host_apply(rope, q, None, offset, "half", -3)
+    assert none is None
+    np.testing.assert_array_equal(alone, hot_q)
+
+
+def test_strided_views():
+    rope = _rope()
+    qkv = np.random.default_rng(2).standard_normal((2, 6, 3, 24)).astype(np.float32)
+    q, k = qkv[:, :4, :, 4:20], qkv[:, 4:, :, :16]  # non-contiguous views of one buffer
+    hot_q, hot_k = host_apply(rope, q, k, 3, "interleaved", -2)
+    np.testing.assert_array_equal(hot_q, _general(rope, q, 3, "interleaved", -2))
+    np.testing.assert_array_equal(hot_k, _general(rope, k, 3, "interleaved", -2))
+
+
+def test_positions_rows():
+    positions, longest = host_positions(4, 3, 2)
+    np.testing.assert_array_equal(positions, [[4, 5]])
+    assert longest == 6
+    positions, longest = host_positions(np.array([1, 9], dtype=np.uint8), 2, 3)
+    assert positions.dtype == np.int64
+    np.testing.assert_array_equal(positions, [[1, 2, 3], [9, 10, 11]])
+    assert longest == 12
+    big = np.arange(100, dtype=np.int64)  # above the list-check size: reductions
+    assert host_positions(big, 100, 1)[1] == 100
+
+
+class _Sub(np.ndarray):
+    pass
+
+
+@pytest.mark.parametrize("case", [
+    "beyond the table", "negative int", "negative array", "float array", "bool array", "wrong length",
+    "2-D offset", "numpy int scalar", "non-native q", "3-D q", "k dtype differs", "k batch differs",
+    "head_dim too small", "unknown layout", "seq_axis -1", "seq_axis bool", "uint64 beyond int64", "empty batch",
+    "ndarray subclass",
+])
+def test_falls_back_where_the_general_path_decides(case):
+    """Every argument the hot path does not take returns None: the general path then runs (and raises its
+    own error, or builds the table)."""
+    rope = _rope()
+    q, k = _qk((2, 4, 1, 16), (2, 2, 1, 16), np.float32)
+    offset, layout, seq_axis = np.array([1, 2]), "half", -2
+    if case == "beyond the table":
+        offset = np.array([1, TABLE])
+    elif case == "negative int":
+        offset = -1
+    elif case == "negative array":
+        offset = np.array([-1, 2])
+    elif case == "float array":
+        offset = np.array([1.0, 2.0])
+    elif case == "bool array":
+        offset = np.array([True, False])
+    elif case == "wrong length":
+        offset = np.array([1, 2, 3])
+    elif case == "2-D offset":
+        offset = np.array([[1], [2]])
+    elif case == "numpy int scalar":
+        offset = np.int64(3)
+    elif case == "non-native q":
+        q = q.astype(q.dtype.newbyteorder())
+    elif case == "3-D q":
+        q = q[0]
+    elif case == "k dtype differs":
+        k = k.astype(np.float64)
+    elif case == "k batch differs":
+        k = k[:1]
+    elif case == "head_dim too small":
+        q = q[..., :8]
+    elif case == "unknown layout":
+        layout = "neox"
+    elif case == "seq_axis -1":
+        seq_axis = -1
+    elif case == "seq_axis bool":
+        seq_axis = True
+    elif case == "uint64 beyond int64":
+        offset = np.array([1, 2**63 + 5], dtype=np.uint64)
+    elif case == "empty batch":
+        q, k, offset = q[:0], k[:0], np.array([], dtype=np.int64)
+    elif case == "ndarray subclass":
+        offset = np.array([1, 2]).view(_Sub)
+    assert host_apply(rope, q, k, offset, layout, seq_axis) is None
+
+
+def test_no_hot_path_before_the_table_or_for_length_dependent_frequencies():
+    rope = RotaryEmbedding(16, TABLE)
+    q, k = _qk((1, 2, 1, 16), (1, 2, 1, 16), np.float32)
+    assert host_apply(rope, q, k, 3, "half", -2) is None  # nothing built yet
+    rope.apply(q, k, offset=3)  # the general path builds the table
+    assert host_apply(rope, q, k, 3, "half", -2) is not None
+    dynamic = RotaryEmbedding(16, TABLE, scaling={"rope_type": "dynamic", "factor": 2.0})
+    dynamic.cos_sin(TABLE)
+    assert host_apply(dynamic, q, k, 3, "half", -2) is None
+    reference_f64 = _rope()  # reference precision keeps float32 tables: float64 q needs a cast
+    assert host_apply(reference_f64, q.astype(np.float64), k.astype(np.float64), 3, "half", -2) is None
+
+
+def test_reference_precision_limit_is_the_general_paths():
+    rope = _rope()
+    q, k = _qk((1, 2, 1, 16), (1, 2, 1, 16), np.float32)
+    assert host_apply(rope, q, k, 2**24, "half", -2) is None
+    with pytest.raises(ValueError, match="exact only below 2"):
+        rope.apply(q, k, offset=2**24)
+
+
+def test_torch_hot_path():
+    torch = pytest.importorskip("torch")
+    rope = _rope()
+    q, k = _qk((3, 4, 1, 16), (3, 2, 1, 16), np.float32)
+    offset = np.array([0, 11, 50])
+    want_q, want_k = rope.apply(q, k, offset=offset)
+    for off in (offset, torch.from_numpy(offset), 7):
+        got = torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k), off, "half", -2)
+        assert got is not None and all(type(t) is torch.Tensor for t in got)
+        if not isinstance(off, int):
+            np.testing.assert_array_equal(got[0].numpy(), want_q)
+            np.testing.assert_array_equal(got[1].numpy(), want_k)
+    qt = torch.from_numpy(q)
+    assert torch_host_apply(rope, qt.to(torch.bfloat16), None, 1, "half", -2) is None  # the general path
+    assert torch_host_apply(rope, qt.requires_grad_(True), None, 1, "half", -2) is None
+    assert torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k).double(), 1, "half", -2) is None
+    q_rot, _ = rope.apply(torch.from_numpy(q).to(torch.bfloat16), None, offset=torch.from_numpy(offset))
+    assert q_rot.dtype == torch.bfloat16
+
+
+def test_hot_path_is_used_by_apply(monkeypatch):
+    """RotaryEmbedding.apply returns the hot path's result where it applies (a sentinel proves the call)."""
+    import ropeflow.rotary as rotary
+
+    rope = _rope()
+    q, k = _qk((1, 2, 1, 16), (1, 2, 1, 16), np.float32)
+    sentinel = (np.zeros(1), np.zeros(1))
+    monkeypatch.setattr(rotary, "host_apply", lambda *args: sentinel)
+    assert rope.apply(q, k, offset=1) is sentinel
+    assert rope.apply(q, k, position_ids=np.array([1])) is not sentinel  # position ids: general path
