@@ -3,9 +3,11 @@
 CPU (``CPU_CASES``): decode of 1, 8 and 64 sequences of one token (q 32 heads, k 8 heads, head_dim 128, through
 ``RotaryEmbedding.apply`` end to end: time per call), prefill q (1, 32, 4096, 128) with k (1, 8, 4096, 128) in
 head-major and token-major memory (``seq_axis=-3``), and float16 / bfloat16 prefill; against the seed's PyTorch
-code, a jitted JAX rotation (when installed) and a plain copy of q and k. "half" layout (the seed's
-``rotate_half`` form). GPU: prefill and decode shapes, median of ``repeats`` after a warm-up, CUDA events, against
-the seed's code on CUDA and a device-to-device copy. Not a test: nothing here asserts a timing.
+code, a jitted JAX rotation, MLX's ``mx.fast.rope`` and ggml's rope (llama.cpp's kernel, through ggml-python)
+where those are installed (``_peers``: each checked against ropeflow's output before it is timed), and a
+plain copy of q and k. "half" layout (the seed's ``rotate_half`` form). GPU: prefill and decode shapes, median
+of ``repeats`` after a warm-up, CUDA events, against the seed's code on CUDA and a device-to-device copy.
+Not a test: nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ CASES = [("prefill", (1, 32, 4096, 128)), ("decode", (8, 32, 1, 128))]
 QUICK_CASES = [("prefill", (1, 8, 1024, 128)), ("decode", (8, 32, 1, 128))]
 DTYPES = (np.float32, np.float16)
 TABLE_LEN = 8192
-CPU_COLUMNS = ["torch", "jax", "numpy", "numba", "copy"]
+CPU_COLUMNS = ["torch", "jax", "mlx", "ggml", "numpy", "numba", "copy"]
 #: CPU cases: (label, q shape (B, H, S, D), k heads, memory order, dtype). k has fewer heads (GQA, 32/8).
 #: "token-major" arrays are (B, S, H, D) in memory, rotated with ``seq_axis=-3``.
 CPU_CASES = [
@@ -88,6 +90,52 @@ def _jax_rotate() -> Any:
     return both
 
 
+def _peer_cell(prepare: Any, name: str, q: np.ndarray, k: np.ndarray, offsets: np.ndarray, seq_axis: int,
+               base: float, want: tuple[Any, Any], repeats: int) -> tuple[float, str | None]:
+    """Seconds per call of one peer library on one case, or NaN and why: absent, unsupported, or its output
+    disagrees with ropeflow's ``want`` (then it is not timed)."""
+    from . import _peers
+
+    if prepare is None:
+        return math.nan, None
+    try:
+        peer = prepare(q, k, offsets, seq_axis, base)
+    except _peers.Unsupported as exc:
+        return math.nan, str(exc)
+    except Exception as exc:  # a peer failing here must not end the benchmark
+        return math.nan, f"{name}: setup failed: {type(exc).__name__}: {exc}"
+    try:
+        peer.run()
+        why = _peers.mismatch(peer.outputs(), (np.asarray(want[0]), np.asarray(want[1])), (q, k), offsets, base,
+                              seq_axis)
+        if why is not None:
+            return math.nan, f"{name}: output differs from ropeflow's, not timed: {why}"
+        return _per_call(peer.run, repeats), None
+    except Exception as exc:
+        return math.nan, f"{name}: failed: {type(exc).__name__}: {exc}"
+    finally:
+        peer.close()
+
+
+def _peer_versions() -> dict[str, Any]:
+    """``{"mlx": preparer or None, "ggml": ...}`` and a machine-line fragment naming what is installed."""
+    from importlib import metadata
+
+    from . import _peers
+
+    found, words = {}, []
+    for name, dist in (("mlx", "mlx"), ("ggml", "ggml-python")):
+        found[name] = _peers.PEERS[name]()
+        if found[name] is None:
+            words.append(f"{name} absent")
+        else:
+            try:
+                words.append(f"{dist} {metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                words.append(f"{name} present")
+    return {"preparers": found, "machine": ", ".join(words)}
+
+
 def cpu_steps(quick: bool) -> int:
     """How many progress steps :func:`cpu_main` takes."""
     return len(QUICK_CPU_CASES if quick else CPU_CASES) * len(CPU_COLUMNS)
@@ -100,14 +148,17 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
     progress = progress or Progress(cpu_steps(quick), enabled=False)
     torch, seed = optional_torch()
     jax_rotate = _jax_rotate()
+    peers = _peer_versions()
     machine = describe_cpu() + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch
-                                else ", torch absent") + (", jax present" if jax_rotate else ", jax absent")
+                                else ", torch absent") + (", jax present" if jax_rotate else ", jax absent") + \
+        f", {peers['machine']}"
     res = result("rotate q and k", CPU_COLUMNS, machine)
     progress.echo(f"machine: {machine}")
     progress.echo(f"best of {repeats}; q and k (fewer heads) rotated by RotaryEmbedding.apply at per-sequence "
                   "offsets; ratios = other / numba\n")
-    progress.echo(f"{'case':32s} {'torch':>9s} {'jax':>9s} {'numpy':>9s} {'numba':>9s} {'copy':>9s}  "
-                  "torch/numba  numba/copy   (ms)")
+    progress.echo(f"{'case':32s} {'torch':>9s} {'jax':>9s} {'mlx':>9s} {'ggml':>9s} {'numpy':>9s} {'numba':>9s} "
+                  f"{'copy':>9s}  torch/numba  numba/copy   (ms)")
+    peer_notes: list[str] = []
     for label, shape, k_heads, order, dtype_name in QUICK_CPU_CASES if quick else CPU_CASES:
         dtype = _np_dtype(dtype_name)
         b, h, s, d = shape
@@ -150,12 +201,26 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
         progress.step(f"copy {case}")
         qo, ko = np.empty_like(q), np.empty_like(k)
         t_copy = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
+        # the other libraries last, so their worker threads cannot disturb this case's other columns
+        want = rope.apply(q, k, offset=offsets, seq_axis=seq_axis)  # what they must match (numba backend)
+        for name in ("mlx", "ggml"):
+            progress.step(f"{name} {case}")
+            timings[name], why = _peer_cell(peers["preparers"][name], name, q, k, offsets, seq_axis, rope.base,
+                                            want, repeats)
+            if why:
+                peer_notes.append(f"{case}: {why}")
+        del want
         nb = timings["numba"]
-        times = {"torch": t_torch, "jax": t_jax, "numpy": timings["numpy"], "numba": nb, "copy": t_copy}
+        times = {"torch": t_torch, "jax": t_jax, "mlx": timings["mlx"], "ggml": timings["ggml"],
+                 "numpy": timings["numpy"], "numba": nb, "copy": t_copy}
         res["rows"].append({"case": f"{label} q{shape} k heads {k_heads} {order} {dtype_name}",
                             "ms": {c: t * 1e3 for c, t in times.items()}})
-        progress.echo(f"{case:32s} {t_torch * 1e3:9.4f} {t_jax * 1e3:9.4f} {timings['numpy'] * 1e3:9.4f} "
+        progress.echo(f"{case:32s} {t_torch * 1e3:9.4f} {t_jax * 1e3:9.4f} {timings['mlx'] * 1e3:9.4f} "
+                      f"{timings['ggml'] * 1e3:9.4f} {timings['numpy'] * 1e3:9.4f} "
                       f"{nb * 1e3:9.4f} {t_copy * 1e3:9.4f}  {t_torch / nb:10.2f}x {nb / t_copy:10.2f}x")
+    if peer_notes:
+        res["notes"]["peers"] = peer_notes
+        progress.echo("\nempty (nan) peer cells:\n" + "\n".join(f"  {n}" for n in peer_notes))
     return res
 
 
