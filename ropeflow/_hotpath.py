@@ -73,7 +73,7 @@ def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: An
     (``seq_axis=-3``) NumPy arrays; ``k`` may be None. ``rope``: the :class:`~ropeflow.RotaryEmbedding`."""
     if type(q) is not np.ndarray or q.ndim != 4 or (k is not None and (type(k) is not np.ndarray or k.ndim != 4)):
         return None
-    if layout not in _LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
+    if type(layout) is not str or layout not in _LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
         return None
     table_dtype = _TABLE_DTYPES.get(q.dtype)
     if table_dtype is None or (k is not None and k.dtype != q.dtype):

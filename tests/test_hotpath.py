@@ -110,7 +110,7 @@ class _Sub(np.ndarray):
 @pytest.mark.parametrize("case", [
     "beyond the table", "negative int", "negative array", "float array", "bool array", "wrong length",
     "2-D offset", "numpy int scalar", "non-native q", "3-D q", "k dtype differs", "k batch differs",
-    "head_dim too small", "unknown layout", "seq_axis -1", "seq_axis bool", "uint64 beyond int64", "empty batch",
+    "head_dim too small", "unknown layout", "layout list", "seq_axis -1", "seq_axis bool", "uint64 beyond int64", "empty batch",
     "ndarray subclass",
 ])
 def test_falls_back_where_the_general_path_decides(case):
@@ -147,6 +147,8 @@ def test_falls_back_where_the_general_path_decides(case):
         q = q[..., :8]
     elif case == "unknown layout":
         layout = "neox"
+    elif case == "layout list":
+        layout = ["half"]
     elif case == "seq_axis -1":
         seq_axis = -1
     elif case == "seq_axis bool":
