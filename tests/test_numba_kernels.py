@@ -147,3 +147,55 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
     is_nan = np.isnan(samples)
     np.testing.assert_array_equal(got[~is_nan], want[~is_nan])
     assert np.isnan(got[is_nan].view(dt).astype(np.float64)).all()  # any quiet NaN
+
+
+@pytest.mark.parametrize("case", ["decode", "short prefill (small tiles)", "token-major", "q alone", "in place",
+                                  "deepseek in place", "partial rotary, strided", "inverse"])
+def test_parallel_rotation_equals_the_serial_twin_and_the_loop_reference(case):
+    """The parallel tiled kernel (chunks of tiles; tiles shrink below 16 positions when there are fewer
+    tiles than chunks) and its serial twin give the same bits, equal to the float64 loop reference."""
+    from reference import apply_naive
+
+    backend = _numba.NumbaBackend()
+    rng = np.random.default_rng(5)
+    table_len, dim, layout, inverse = 64, 16, "half", False
+    cos = rng.uniform(-1, 1, (table_len, dim)).astype(np.float32)
+    sin = rng.uniform(-1, 1, (table_len, dim)).astype(np.float32)
+    cos[:, dim // 2:], sin[:, dim // 2:] = cos[:, :dim // 2], sin[:, :dim // 2]  # the "half" table layout
+    q_shape, k_shape = (6, 12, 1, dim), (6, 4, 1, dim)
+    if case == "short prefill (small tiles)":
+        q_shape, k_shape = (1, 96, 20, dim), (1, 24, 20, dim)  # 2 tiles of 16 < the chunks: tiles shrink
+    q = rng.standard_normal(q_shape).astype(np.float32)
+    k = rng.standard_normal(k_shape).astype(np.float32)
+    positions = rng.integers(0, table_len, (q.shape[0], q.shape[2]))
+    if case == "token-major":
+        q = np.ascontiguousarray(rng.standard_normal((2, 20, 12, dim)).astype(np.float32)).transpose(0, 2, 1, 3)
+        k = np.ascontiguousarray(rng.standard_normal((2, 20, 4, dim)).astype(np.float32)).transpose(0, 2, 1, 3)
+        positions = rng.integers(0, table_len, (2, 20))
+    if case == "q alone":
+        k = None
+    if case == "deepseek in place":
+        layout = "deepseek"
+    if case == "partial rotary, strided":
+        wide = rng.standard_normal((6, 12, 3, dim + 8)).astype(np.float32)
+        q = wide[:, :, 1:2, 2:dim + 6]  # head_dim dim + 4: the last 4 channels pass through; not contiguous
+    if case == "inverse":
+        inverse = True
+    results = []
+    for serial_below in (1 << 62, 0):  # everything serial, then everything parallel
+        original = _numba.SERIAL_ELEMENTS
+        _numba.SERIAL_ELEMENTS = serial_below
+        try:
+            qi, ki = q.copy(), None if k is None else k.copy()
+            in_place = case in ("in place", "deepseek in place")
+            q_out = qi if in_place else np.empty_like(qi)
+            k_out = None if ki is None else (ki if in_place else np.empty_like(ki))
+            backend.apply(qi, q_out, cos, sin, positions, layout, dim, inverse, k=ki, k_out=k_out)
+        finally:
+            _numba.SERIAL_ELEMENTS = original
+        results.append((q_out, k_out))
+    for got, x in ((results[0][0], q), (results[1][0], q)) + (() if k is None else ((results[0][1], k),
+                                                                                   (results[1][1], k))):
+        want = apply_naive(x, cos.astype(np.float64), sin.astype(np.float64), positions, layout, dim, inverse)
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    np.testing.assert_array_equal(results[0][0], results[1][0])

@@ -501,8 +501,9 @@ except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
     pass
 #: Parallel rotations are cut into this many chunks of tiles (a few per thread, for balance).
 _CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
-#: Rotations of fewer elements (q and k together) than this run serially on the calling thread.
-SERIAL_ELEMENTS = 1 << 14
+#: Rotations of fewer elements (q and k together) than this run serially on the calling thread: a decode step
+#: of 8 sequences (40960 elements) computes in about 10 us, about what waking the pool costs.
+SERIAL_ELEMENTS = 1 << 16
 
 
 class NumbaBackend:
