@@ -32,6 +32,7 @@ from .._xp import same_view
 from ..scaling import Frequencies
 
 try:
+    import numba
     from llvmlite import ir as llvm_ir
     from numba import njit, prange
     from numba.core import types
@@ -353,86 +354,139 @@ def _put_impl(row, i, v):
     return put_float
 
 
+#: Consecutive positions per tile: their cos/sin rows are widened to float64 (and signed) once per tile and
+#: then serve every head of q and k at those positions.
+TILE = 16
+
+
 @_jit(inline="always")
-def _rotate_row(xr, orow, crow, srow, layout, half, sign, rotary_dim, copy_rest):
-    """One (batch, head, seq) row: rotate its pairs by the angles of one table row; copy the rest if asked.
-    layout: 0 "half", 1 "interleaved", 2 "deepseek" (a separate inner loop each, so LLVM sees unit strides)."""
-    if layout == 0:
-        for j in range(half):
-            c = np.float64(crow[j])
-            sn = sign * np.float64(srow[j])
-            x1 = _get(xr, j)
-            x2 = _get(xr, j + half)
-            _put(orow, j, x1 * c - x2 * sn)
-            _put(orow, j + half, x2 * c + x1 * sn)
-    elif layout == 1:
-        for j in range(half):
-            c = np.float64(crow[j])
-            sn = sign * np.float64(srow[j])
-            x1 = _get(xr, 2 * j)
-            x2 = _get(xr, 2 * j + 1)
-            _put(orow, 2 * j, x1 * c - x2 * sn)
-            _put(orow, 2 * j + 1, x2 * c + x1 * sn)
-    else:
-        for j in range(half):
-            c = np.float64(crow[j])
-            sn = sign * np.float64(srow[j])
-            x1 = _get(xr, 2 * j)
-            x2 = _get(xr, 2 * j + 1)
-            _put(orow, j, x1 * c - x2 * sn)
-            _put(orow, j + half, x2 * c + x1 * sn)
+def _copy_rest(xr, orow, rotary_dim):
+    """Channels ``rotary_dim ..`` of a row pass through unrotated."""
+    for k in range(rotary_dim, xr.shape[0]):
+        orow[k] = xr[k]
+
+
+# One row of each layout: its pairs rotated by float64 ``c_row``/``s_row`` (``half`` angles, sign applied),
+# the channels past ``rotary_dim`` copied when ``copy_rest``. One function per layout, each a unit-stride loop
+# that LLVM vectorizes (a runtime layout switch inside the row loop halves the speed).
+@_jit(inline="always")
+def _rotate_half(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
+    """"half": channel j pairs with j + half."""
+    for j in range(half):
+        c, sn = c_row[j], s_row[j]
+        x1 = _get(xr, j)
+        x2 = _get(xr, j + half)
+        _put(orow, j, x1 * c - x2 * sn)
+        _put(orow, j + half, x2 * c + x1 * sn)
     if copy_rest:
-        for k in range(rotary_dim, xr.shape[0]):
-            orow[k] = xr[k]
+        _copy_rest(xr, orow, rotary_dim)
 
 
 @_jit(inline="always")
-def _row_index(r, n_heads, n_seq, token_major):
-    """(b, h, s) of row ``r`` in (batch, head, seq) order, or (batch, seq, head) order for token-major memory."""
-    per_batch = n_heads * n_seq
-    b = r // per_batch
-    rest = r - b * per_batch
-    if token_major:
-        s = rest // n_heads
-        return b, rest - s * n_heads, s
-    h = rest // n_seq
-    return b, h, rest - h * n_seq
+def _rotate_interleaved(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
+    """"interleaved": channels (2j, 2j + 1) pair and stay in place."""
+    for j in range(half):
+        c, sn = c_row[j], s_row[j]
+        x1 = _get(xr, 2 * j)
+        x2 = _get(xr, 2 * j + 1)
+        _put(orow, 2 * j, x1 * c - x2 * sn)
+        _put(orow, 2 * j + 1, x2 * c + x1 * sn)
+    if copy_rest:
+        _copy_rest(xr, orow, rotary_dim)
 
 
 @_jit(inline="always")
-def _row(a, b, h, s, token_major):
-    """Row (b, h, s) of a (B, H, S, D) array, or of a (B, S, H, D) array when ``token_major``."""
-    return a[b, s, h] if token_major else a[b, h, s]
+def _rotate_deepseek(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
+    """"deepseek": channels (2j, 2j + 1) pair and land in (j, j + half)."""
+    for j in range(half):
+        c, sn = c_row[j], s_row[j]
+        x1 = _get(xr, 2 * j)
+        x2 = _get(xr, 2 * j + 1)
+        _put(orow, j, x1 * c - x2 * sn)
+        _put(orow, j + half, x2 * c + x1 * sn)
+    if copy_rest:
+        _copy_rest(xr, orow, rotary_dim)
+
+
+def _tile_walker(rotate_row: Any) -> Any:
+    """A function rotating, with ``rotate_row``, every head of batch ``b`` at sequence indices ``s0 .. s0 +
+    n_pos - 1`` in memory order: (seq, head) for token-major arrays (passed as (B, S, H, D)), (head, seq) for
+    head-major ones ((B, H, S, D)). Inlined into the kernel (not cached on its own)."""
+
+    @njit(inline="always", **_OPTIONS)
+    def walk(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner):
+        if seq_inner:  # head-major memory, several positions: each head's rows are consecutive
+            for h in range(x.shape[1]):
+                for t in range(n_pos):
+                    rotate_row(x[b, h, s0 + t], out[b, h, s0 + t], c_tile[t], s_tile[t], half, rotary_dim,
+                               copy_rest)
+            return
+        for t in range(n_pos):
+            c_row, s_row = c_tile[t], s_tile[t]  # one view per position, not per row: it shows in decode
+            s = s0 + t
+            if token_major:
+                for h in range(x.shape[2]):
+                    rotate_row(x[b, s, h], out[b, s, h], c_row, s_row, half, rotary_dim, copy_rest)
+            else:
+                for h in range(x.shape[1]):
+                    rotate_row(x[b, h, s], out[b, h, s], c_row, s_row, half, rotary_dim, copy_rest)
+
+    return walk
+
+
+_walk_half = _tile_walker(_rotate_half)
+_walk_interleaved = _tile_walker(_rotate_interleaved)
+_walk_deepseek = _tile_walker(_rotate_deepseek)
+
+
+@_jit(inline="always")
+def _rotate_tile(x, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+                 seq_inner):
+    """The tile's rows of one tensor, with the layout chosen once per tile (layout: 0 "half", 1
+    "interleaved", 2 "deepseek")."""
+    if layout == 0:
+        _walk_half(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
+    elif layout == 1:
+        _walk_interleaved(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
+    else:
+        _walk_deepseek(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
 
 
 @_parallel_kernel
-def _apply_rows(x, out, k, k_out, rows_k, cos, sin, positions, layout, rotary_dim, sign, copy_q, copy_k,
-                token_major):
-    """Rotate q (``x`` -> ``out``) and k (``k`` -> ``k_out``, its first ``rows_k`` rows: 0 for q alone) in one
-    launch: one parallel iteration per (batch, head, seq) row of either tensor, one rotated pair per inner
-    iteration (the CUDA kernel's decomposition). Head counts and head dims may differ between q and k;
-    positions: (B, S) or (1, S) rows of cos/sin.
+def _apply_tiles(x, out, k, k_out, cos, sin, positions, layout, rotary_dim, sign, copy_q, copy_k, token_major,
+                 with_k, seq_inner, tile, max_chunks):
+    """Rotate q (``x`` -> ``out``) and, when ``with_k``, k (``k`` -> ``k_out``) in one launch. The work is cut
+    into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its cos/sin rows
+    to float64 once (sign applied) and rotates every head of q and of k there (head counts and head dims
+    may differ between q and k; their batch and seq are equal). Tiles are split into contiguous chunks, one
+    parallel iteration each (at most ``max_chunks``). positions: (B, S) or (1, S) rows of cos/sin.
 
-    Arrays are (B, H, S, D), any strides, walked in (b, h, s) order; with ``token_major`` they are passed as
-    (B, S, H, D) (their memory order, typically C-contiguous, so that the rows are unit-stride for LLVM) and
-    walked in (b, s, h) order."""
+    Arrays are (B, H, S, D), any strides; with ``token_major`` they are passed as (B, S, H, D) (their memory
+    order, typically C-contiguous, so that the rows are unit-stride for LLVM)."""
     n_batch = x.shape[0]
-    n_heads, n_seq = (x.shape[2], x.shape[1]) if token_major else (x.shape[1], x.shape[2])
-    k_heads = k.shape[2] if token_major else k.shape[1]
+    n_seq = x.shape[1] if token_major else x.shape[2]
     half = rotary_dim // 2
-    rows_q = n_batch * n_heads * n_seq
+    tiles_per_row = (n_seq + tile - 1) // tile
+    n_tiles = n_batch * tiles_per_row
+    n_chunks = max(1, min(n_tiles, max_chunks))
     shared_positions = positions.shape[0] == 1
-    for r in prange(rows_q + rows_k):
-        if r < rows_q:
-            b, h, s = _row_index(r, n_heads, n_seq, token_major)
-            p = positions[0 if shared_positions else b, s]
-            _rotate_row(_row(x, b, h, s, token_major), _row(out, b, h, s, token_major), cos[p], sin[p], layout,
-                        half, sign, rotary_dim, copy_q)
-        else:
-            b, h, s = _row_index(r - rows_q, k_heads, n_seq, token_major)
-            p = positions[0 if shared_positions else b, s]
-            _rotate_row(_row(k, b, h, s, token_major), _row(k_out, b, h, s, token_major), cos[p], sin[p], layout,
-                        half, sign, rotary_dim, copy_k)
+    for chunk in prange(n_chunks):
+        c_tile = np.empty((tile, half), dtype=np.float64)
+        s_tile = np.empty((tile, half), dtype=np.float64)
+        for g in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
+            b = g // tiles_per_row
+            s0 = (g - b * tiles_per_row) * tile
+            n_pos = min(tile, n_seq - s0)
+            for t in range(n_pos):
+                p = positions[0 if shared_positions else b, s0 + t]
+                for j in range(half):
+                    c_tile[t, j] = np.float64(cos[p, j])
+                    s_tile[t, j] = sign * np.float64(sin[p, j])
+            _rotate_tile(x, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q, token_major,
+                         seq_inner)
+            if with_k:
+                _rotate_tile(k, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k, token_major,
+                             seq_inner)
 
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
@@ -445,6 +499,8 @@ try:
     _RAW_VIEWS[np.dtype(ml_dtypes.bfloat16).char] = np.int16
 except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
     pass
+#: Parallel rotations are cut into this many chunks of tiles (a few per thread, for balance).
+_CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
 #: Rotations of fewer elements (q and k together) than this run serially on the calling thread.
 SERIAL_ELEMENTS = 1 << 14
 
@@ -479,7 +535,7 @@ class NumbaBackend:
     def apply(self, x: np.ndarray, out: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.ndarray,
               layout: str, rotary_dim: int, inverse: bool, k: np.ndarray | None = None,
               k_out: np.ndarray | None = None) -> None:
-        """Rotate ``x`` into ``out`` (and ``k`` into ``k_out``) in one fused launch (see :func:`_apply_rows`).
+        """Rotate ``x`` into ``out`` (and ``k`` into ``k_out``) in one fused launch (see :func:`_apply_tiles`).
 
         x, out, k, k_out: (B, H, S, D) views (q and k share B and S); positions: (B, S) or (1, S) int64.
         Strided views are read in place; only an in-place "deepseek" call (which permutes channels within a
@@ -492,23 +548,29 @@ class NumbaBackend:
         view = _RAW_VIEWS.get(x.dtype.char)
         if view is not None:
             x, out = x.view(view), out.view(view)
-        if k is None:
-            k, k_out, rows_k, copy_k = x, out, 0, False
+        with_k = k is not None
+        if not with_k:
+            k, k_out, copy_k = x, out, False
         else:
             copy_k = rotary_dim < k.shape[-1] and not same_view(k, k_out)
             if layout == "deepseek" and np.may_share_memory(k, k_out):
                 k = k.copy()
             if view is not None:
                 k, k_out = k.view(view), k_out.view(view)
-            rows_k = k.shape[0] * k.shape[1] * k.shape[2]
         # walk rows in memory order: token-major when the head stride is the smaller (e.g. seq_axis=-3 inputs)
         token_major = x.shape[1] > 1 and x.shape[2] > 1 and abs(x.strides[1]) < abs(x.strides[2])
         if token_major:
             x, out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (x, out, k, k_out))
-        work = (x.size + k.size * (rows_k > 0))
-        kernel = _apply_rows.serial if work < SERIAL_ELEMENTS else _apply_rows
-        kernel(x, out, k, k_out, rows_k, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim,
-               -1.0 if inverse else 1.0, copy_q, copy_k, token_major)
+        seq_inner = not token_major and x.shape[2] > 1
+        work = x.size + k.size * with_k
+        kernel, tile, chunks = _apply_tiles.serial, TILE, 1
+        if work >= SERIAL_ELEMENTS:
+            kernel, chunks = _apply_tiles, _CHUNKS
+            n_batch, n_seq = x.shape[0], x.shape[1] if token_major else x.shape[2]
+            while tile > 1 and n_batch * -(-n_seq // tile) < chunks:  # smaller tiles until every chunk has one
+                tile //= 2
+        kernel(x, out, k, k_out, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim, -1.0 if inverse else 1.0,
+               copy_q, copy_k, token_major, with_k, seq_inner, tile, chunks)
 
 
 def make_backend() -> NumbaBackend:
