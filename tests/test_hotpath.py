@@ -110,8 +110,8 @@ class _Sub(np.ndarray):
 @pytest.mark.parametrize("case", [
     "beyond the table", "negative int", "negative array", "float array", "bool array", "wrong length",
     "2-D offset", "numpy int scalar", "non-native q", "3-D q", "k dtype differs", "k batch differs",
-    "head_dim too small", "unknown layout", "layout list", "seq_axis -1", "seq_axis bool", "uint64 beyond int64", "empty batch",
-    "ndarray subclass",
+    "head_dim too small", "unknown layout", "layout list", "seq_axis -1", "seq_axis bool", "uint64 beyond int64",
+    "empty batch", "ndarray subclass",
 ])
 def test_falls_back_where_the_general_path_decides(case):
     """Every argument the hot path does not take returns None: the general path then runs (and raises its

@@ -105,9 +105,9 @@ def test_half_precision_codecs_round_once_to_nearest_even(name):
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_vectorizable_codecs_equal_the_reference_codec(name):
-    """The branch-free encoders of the rotation kernel (round to odd in float32, then to nearest even) give
-    the bits of the reference encoder ``_encode`` (rounding from float64 directly) for every value tried;
-    the bfloat16 decoder equals ``_decode`` on all 65536 patterns."""
+    """The branch-free encoders of the rotation kernel (round to odd in float32, then to nearest even; float16
+    also with the hardware conversion) give the bits of the reference encoder ``_encode`` (rounding from
+    float64 directly) for every value tried; the bfloat16 decoder equals ``_decode`` on all 65536 patterns."""
     from numba import njit
 
     if name == "bfloat16":
@@ -142,11 +142,88 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         [np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300, 1e-300, -1e-300, 3.4e38, 3.5e38, 65519.99, 65520.0],
         nan_payloads,
     ])
-    got = np.array(fast(samples)).astype(np.uint16)
     want = np.array(ref(samples)).astype(np.uint16)
     is_nan = np.isnan(samples)
-    np.testing.assert_array_equal(got[~is_nan], want[~is_nan])
-    assert np.isnan(got[is_nan].view(dt).astype(np.float64)).all()  # any quiet NaN
+    encoders = [fast]
+    if name == "float16":  # the F16C path (compiled where the CPU converts in hardware)
+        encoders.append(njit(lambda vs: [_numba._encode_f16_hw(v) for v in vs]))
+    for encode in encoders:
+        got = np.array(encode(samples)).astype(np.uint16)
+        np.testing.assert_array_equal(got[~is_nan], want[~is_nan])
+        assert np.isnan(got[is_nan].view(dt).astype(np.float64)).all()  # any quiet NaN
+
+
+def _reference_rotation(x, cos, sin, positions, layout, rotary_dim, inverse, mant_bits, bias):
+    """The rotation of 16-bit float ``x`` (B, H, S, D) as the definition says: inputs decoded exactly with
+    ``_decode``, ``x1*c - x2*s`` and ``x2*c + x1*s`` in float64, each result rounded once with ``_encode``."""
+    from numba import njit
+
+    bits = x.view(np.uint16).astype(np.int64)
+    values = np.array(njit(lambda bs: [_numba._decode(b, mant_bits, bias) for b in bs])(bits.ravel()))
+    v = values.reshape(x.shape)
+    half = rotary_dim // 2
+    c = cos[positions][:, None, :, :half].astype(np.float64)
+    s = sin[positions][:, None, :, :half].astype(np.float64) * (-1.0 if inverse else 1.0)
+    if layout == "half":
+        x1, x2 = v[..., :half], v[..., half:rotary_dim]
+    else:
+        x1, x2 = v[..., 0:rotary_dim:2], v[..., 1:rotary_dim:2]
+    with np.errstate(all="ignore"):  # NaN and inf inputs
+        r1, r2 = x1 * c - x2 * s, x2 * c + x1 * s
+    out = v.copy()
+    if layout == "interleaved":
+        out[..., 0:rotary_dim:2], out[..., 1:rotary_dim:2] = r1, r2
+    else:
+        out[..., :half], out[..., half:rotary_dim] = r1, r2
+    flat = out.ravel()
+    rounded = np.array(njit(lambda vs: [_numba._encode(w, mant_bits, bias) for w in vs])(flat)).astype(np.uint16)
+    keep = np.zeros(x.shape, bool)
+    keep[..., rotary_dim:] = True  # channels past rotary_dim are copied bits, not decoded and re-encoded
+    return np.where(keep, x.view(np.uint16), rounded.reshape(x.shape))
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+@pytest.mark.parametrize("layout", ["half", "interleaved", "deepseek"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_half_precision_kernel_equals_the_reference_codec_path(name, layout, in_place):
+    """The rotation kernel (vectorized codecs, F16C conversions where the CPU has them) gives, bit for bit,
+    the reference path (exact decode, float64 math, one rounding by ``_encode``) on random bit patterns
+    (NaN, inf, subnormals included), ordinary values, values whose products over- and underflow, and tables
+    with special entries; NaN results only need to be NaN (the reference has no payloads). Large enough to
+    take the parallel kernel and its vectorized loops."""
+    if name == "bfloat16":
+        dt, mant_bits, bias = np.dtype(pytest.importorskip("ml_dtypes").bfloat16), 7, 127
+    else:
+        dt, mant_bits, bias = np.dtype(np.float16), 10, 15
+    rng = np.random.default_rng(23)
+    shape = (6, 3, 64, 40)
+    bits = rng.integers(0, 65536, shape).astype(np.uint16)
+    bits[..., 1::3] = rng.standard_normal(bits[..., 1::3].shape).astype(dt).view(np.uint16)
+    finite_max = float(np.finfo(dt).max)
+    bits[..., 2::5] = (rng.uniform(-1, 1, bits[..., 2::5].shape) * finite_max).astype(dt).view(np.uint16)
+    bits[0, 0, 0, :8] = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, finite_max, -finite_max, 1.0], dt).view(
+        np.uint16)
+    x = bits.view(dt)
+    cos = rng.uniform(-1, 1, (70, 32)).astype(np.float32)
+    sin = rng.uniform(-1, 1, (70, 32)).astype(np.float32)
+    cos[3, :6] = [np.nan, np.inf, -0.0, 1e-40, 3e38, 1e-45]
+    sin[5, :6] = [np.inf, np.nan, 1e-45, -1e-42, -3e38, 0.0]
+    positions = rng.integers(0, 70, (6, 64))
+    positions[:, :2] = [3, 5]
+    backend = _numba.make_backend()
+    assert 2 * x.size >= _numba.SERIAL_ELEMENTS  # q and k: the parallel kernel
+    for rotary_dim in (32, 24):
+        for inverse in (False, True):
+            want = _reference_rotation(x, cos, sin, positions, layout, rotary_dim, inverse, mant_bits, bias)
+            out = x.copy() if in_place else np.empty_like(x)
+            backend.apply(out if in_place else x, out, cos, sin, positions, layout, rotary_dim, inverse,
+                          k=x.copy(), k_out=np.empty_like(x))
+            got = out.view(np.uint16)
+            with np.errstate(invalid="ignore"):
+                got_nan = np.isnan(got.view(dt).astype(np.float64))
+                want_nan = np.isnan(want.view(dt).astype(np.float64))
+            np.testing.assert_array_equal(got_nan, want_nan)
+            np.testing.assert_array_equal(got[~got_nan], want[~want_nan])
 
 
 @pytest.mark.parametrize("case", ["decode", "short prefill (small tiles)", "token-major", "q alone", "in place",

@@ -267,8 +267,9 @@ def _odd_f32_bits(v):
     return bits | np.int32(1) if inexact else bits
 
 
-# float32 <-> float16 with integer and float32 operations only, so that LLVM vectorizes them (its half
-# conversions become scalar library calls here). After F. Giesen's float_to_half_fast3_rtne / half_to_float.
+# float32 <-> float16 with integer and float32 operations only, so that LLVM vectorizes them where the CPU has
+# no hardware half conversions (LLVM's become scalar library calls there; see HARDWARE_F16). After F. Giesen's
+# float_to_half_fast3_rtne / half_to_float.
 _F16_MAX_AS_F32 = (127 + 16) << 23  # 2**16: at and above it float16 overflows
 _F32_INF = 255 << 23
 _F16_NORMAL_MIN_AS_F32 = 113 << 23  # 2**-14, the smallest normal float16
@@ -302,6 +303,55 @@ def _decode_f16(bits):
     return -v if (h & 0x8000) != 0 else v
 
 
+@intrinsic
+def _f32_to_f16(typingctx, x):
+    """float32 -> float16 bits (uint16), rounded to nearest even by LLVM's ``fptrunc float to half``
+    (vcvtps2ph with F16C, fcvt on AArch64; LLVM turns ``fptrunc double to half`` into a scalar library call)."""
+    sig = types.uint16(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
+
+    return sig, codegen
+
+
+def _hardware_f16() -> bool:
+    """Whether LLVM converts float32 <-> float16 in hardware for the CPU numba compiles for (F16C on x86;
+    always on AArch64). Elsewhere the half conversions are library calls: the integer codecs are faster."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    features = numba.config.CPU_FEATURES
+    if features is not None:
+        return "+f16c" in features.split(",")
+    from llvmlite import binding
+
+    try:
+        return bool(binding.get_host_cpu_features().get("f16c", False))
+    except RuntimeError:  # pragma: no cover - feature detection unavailable on this host
+        return False
+
+
+#: Compile the F16C codecs (read at compile time; numba's cache is keyed by the CPU and its features).
+HARDWARE_F16 = _hardware_f16()
+
+
+@_jit(inline="always")
+def _encode_f16_hw(v):
+    """float64 -> float16 bits (uint16), rounded once to nearest even, with the hardware float32 -> float16
+    conversion. ``v`` is first cut to float32's 24 significant bits *to odd* on its float64 bits (the 29
+    dropped bits truncated, the lowest kept bit set if any of them was set), which converts to float32 exactly
+    wherever float16 is not already decided (|v| < 2**-126 converts to a float32 that rounds to zero in
+    float16, |v| >= 2**128 to inf); float32 -> float16 to nearest even then rounds once overall (float16 has
+    13 bits fewer, see :func:`_odd_f32_bits`). NaN: float16's default quiet NaN with ``v``'s sign."""
+    b = _f64_bits(v)
+    low = b & np.int64(0x1FFFFFFF)
+    odd = (b - low) | ((low + np.int64(0x1FFFFFFF)) & np.int64(0x20000000))
+    odd = ((b & np.int64(-0x8000000000000000)) | np.int64(0x7FF8000000000000)) if v != v else odd
+    return _f32_to_f16(np.float32(_bits_f64(odd)))
+
+
 @_jit(inline="always")
 def _encode_bf16(v):
     """float64 -> bfloat16 bits (as int16), rounded once to nearest even: branch-free, vectorizable."""
@@ -327,6 +377,8 @@ def _put(row, i, v):
 @overload(_get)
 def _get_impl(row, i):
     if row.dtype == types.uint16:
+        if HARDWARE_F16:
+            return lambda row, i: _f16_to_f64(row[i])
         return lambda row, i: _decode_f16(row[i])
     if row.dtype == types.int16:
         return lambda row, i: _decode_bf16(row[i])
@@ -338,7 +390,7 @@ def _put_impl(row, i, v):
     if row.dtype == types.uint16:
 
         def put_f16(row, i, v):
-            row[i] = _encode_f16(v)
+            row[i] = _encode_f16_hw(v) if HARDWARE_F16 else _encode_f16(v)
 
         return put_f16
     if row.dtype == types.int16:
@@ -368,16 +420,21 @@ def _copy_rest(xr, orow, rotary_dim):
 
 # One row of each layout: its pairs rotated by float64 ``c_row``/``s_row`` (``half`` angles, sign applied),
 # the channels past ``rotary_dim`` copied when ``copy_rest``. One function per layout, each a unit-stride loop
-# that LLVM vectorizes (a runtime layout switch inside the row loop halves the speed).
+# that LLVM vectorizes (a runtime layout switch inside the row loop halves the speed). The channel indices
+# are unsigned: Numba then emits no negative-index wraparound, which for ``j + half`` (LLVM cannot tell its
+# sign) would otherwise keep the loop scalar.
 @_jit(inline="always")
 def _rotate_half(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
     """"half": channel j pairs with j + half."""
+    uhalf = np.uint64(half)
     for j in range(half):
-        c, sn = c_row[j], s_row[j]
-        x1 = _get(xr, j)
-        x2 = _get(xr, j + half)
-        _put(orow, j, x1 * c - x2 * sn)
-        _put(orow, j + half, x2 * c + x1 * sn)
+        j1 = np.uint64(j)
+        j2 = j1 + uhalf
+        c, sn = c_row[j1], s_row[j1]
+        x1 = _get(xr, j1)
+        x2 = _get(xr, j2)
+        _put(orow, j1, x1 * c - x2 * sn)
+        _put(orow, j2, x2 * c + x1 * sn)
     if copy_rest:
         _copy_rest(xr, orow, rotary_dim)
 
@@ -386,11 +443,13 @@ def _rotate_half(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
 def _rotate_interleaved(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
     """"interleaved": channels (2j, 2j + 1) pair and stay in place."""
     for j in range(half):
-        c, sn = c_row[j], s_row[j]
-        x1 = _get(xr, 2 * j)
-        x2 = _get(xr, 2 * j + 1)
-        _put(orow, 2 * j, x1 * c - x2 * sn)
-        _put(orow, 2 * j + 1, x2 * c + x1 * sn)
+        j1 = np.uint64(j)
+        e = j1 + j1
+        c, sn = c_row[j1], s_row[j1]
+        x1 = _get(xr, e)
+        x2 = _get(xr, e + np.uint64(1))
+        _put(orow, e, x1 * c - x2 * sn)
+        _put(orow, e + np.uint64(1), x2 * c + x1 * sn)
     if copy_rest:
         _copy_rest(xr, orow, rotary_dim)
 
@@ -398,12 +457,15 @@ def _rotate_interleaved(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
 @_jit(inline="always")
 def _rotate_deepseek(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
     """"deepseek": channels (2j, 2j + 1) pair and land in (j, j + half)."""
+    uhalf = np.uint64(half)
     for j in range(half):
-        c, sn = c_row[j], s_row[j]
-        x1 = _get(xr, 2 * j)
-        x2 = _get(xr, 2 * j + 1)
-        _put(orow, j, x1 * c - x2 * sn)
-        _put(orow, j + half, x2 * c + x1 * sn)
+        j1 = np.uint64(j)
+        e = j1 + j1
+        c, sn = c_row[j1], s_row[j1]
+        x1 = _get(xr, e)
+        x2 = _get(xr, e + np.uint64(1))
+        _put(orow, j1, x1 * c - x2 * sn)
+        _put(orow, j1 + uhalf, x2 * c + x1 * sn)
     if copy_rest:
         _copy_rest(xr, orow, rotary_dim)
 
