@@ -28,19 +28,18 @@ _REFERENCE_MAX_POSITIONS = 2**24
 _LAYOUTS = frozenset(("half", "interleaved", "deepseek"))
 
 
-def _table_dtypes() -> dict[np.dtype, str]:
-    """Input dtype -> the dtype name of the tables the kernels read (float64 only for float64 inputs)."""
-    names = {np.dtype(np.float16): "float32", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
-    try:
-        import ml_dtypes
-
-        names[np.dtype(ml_dtypes.bfloat16)] = "float32"
-    except ImportError:  # pragma: no cover - no bfloat16 arrays then
-        pass
-    return names
+#: Input dtype -> the dtype name of the tables the kernels read (float64 only for float64 inputs).
+_TABLE_DTYPES = {np.dtype(np.float16): "float32", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
 
-_TABLE_DTYPES = _table_dtypes()
+def _late_table_dtype(dtype: np.dtype) -> str | None:
+    """:data:`_TABLE_DTYPES` for bfloat16, registered once ml_dtypes is in use (a bfloat16 array cannot exist
+    before; ``import ropeflow`` does not import it)."""
+    ml_dtypes = sys.modules.get("ml_dtypes")
+    if ml_dtypes is None or dtype != np.dtype(ml_dtypes.bfloat16):
+        return None
+    _TABLE_DTYPES[dtype] = "float32"
+    return "float32"
 
 
 def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, int] | None:
@@ -75,7 +74,7 @@ def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: An
         return None
     if type(layout) is not str or layout not in _LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
         return None
-    table_dtype = _TABLE_DTYPES.get(q.dtype)
+    table_dtype = _TABLE_DTYPES.get(q.dtype) or _late_table_dtype(q.dtype)
     if table_dtype is None or (k is not None and k.dtype != q.dtype):
         return None
     dim = rope.dim

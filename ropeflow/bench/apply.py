@@ -13,6 +13,7 @@ Not a test: nothing here asserts a timing.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,9 @@ CASES = [("prefill", (1, 32, 4096, 128)), ("decode", (8, 32, 1, 128))]
 QUICK_CASES = [("prefill", (1, 8, 1024, 128)), ("decode", (8, 32, 1, 128))]
 DTYPES = (np.float32, np.float16)
 TABLE_LEN = 8192
+#: Pause before timing ropeflow in each case: thread pools of the peers timed just before (OpenMP in torch and
+#: ggml, MLX's) keep spinning for a while after their work, and on 2 cores they take the core from the caller.
+QUIESCE_SECONDS = 0.3
 CPU_COLUMNS = ["torch", "jax", "mlx", "ggml", "numpy", "numba", "copy"]
 #: CPU cases: (label, q shape (B, H, S, D), k heads, memory order, dtype). k has fewer heads (GQA, 32/8).
 #: "token-major" arrays are (B, S, H, D) in memory, rotated with ``seq_axis=-3``.
@@ -174,6 +178,7 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
             progress.step(f"{name} {case}")
             rope = ropeflow.RotaryEmbedding(d, TABLE_LEN, backend=name)
             rope.cos_sin(TABLE_LEN)
+            time.sleep(QUIESCE_SECONDS)  # the previous case's peers leave spinning worker threads behind
             timings[name] = _per_call(lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis), repeats)
         cos, sin = ropeflow.RotaryEmbedding(d, TABLE_LEN, backend="numpy").cos_sin(TABLE_LEN)
         progress.step(f"torch {case}")
