@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
-#: Positions are int64 table rows (``apply.MAX_POSITION``).
-_MAX_POSITION = 2**63 - 1
+from .apply import LAYOUTS, MAX_POSITION
+
 #: Offsets arrays up to this size are range-checked as Python ints (faster than two reductions).
 _LIST_CHECK = 64
-#: Reference precision computes positions in float32 (``rotary.REFERENCE_MAX_POSITIONS``).
+#: Reference precision computes positions in float32 (``rotary.REFERENCE_MAX_POSITIONS``; rotary imports this module).
 _REFERENCE_MAX_POSITIONS = 2**24
-_LAYOUTS = frozenset(("half", "interleaved", "deepseek"))
 
 
 #: Input dtype -> the dtype name of the tables the kernels read (float64 only for float64 inputs).
@@ -47,7 +46,7 @@ def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
     rows and the largest position + 1; None when ``offset`` is not a valid int or ``(n_batch,)`` integer
     array (the general path then reports it)."""
     if type(offset) is int:
-        if offset < 0 or offset > _MAX_POSITION - n_seq:
+        if offset < 0 or offset > MAX_POSITION - n_seq:
             return None
         return np.arange(offset, offset + n_seq, dtype=np.int64)[None, :], offset + n_seq
     if type(offset) is not np.ndarray or offset.ndim != 1 or offset.shape[0] != n_batch \
@@ -58,7 +57,7 @@ def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
         lo, hi = min(values), max(values)
     else:
         lo, hi = int(offset.min()), int(offset.max())
-    if lo < 0 or hi > _MAX_POSITION - n_seq:
+    if lo < 0 or hi > MAX_POSITION - n_seq:
         return None
     starts = offset if offset.dtype == np.int64 else offset.astype(np.int64)
     positions = starts[:, None] if n_seq == 1 else starts[:, None] + np.arange(n_seq, dtype=np.int64)
@@ -72,7 +71,7 @@ def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: An
     (``seq_axis=-3``) NumPy arrays; ``k`` may be None. ``rope``: the :class:`~ropeflow.RotaryEmbedding`."""
     if type(q) is not np.ndarray or q.ndim != 4 or (k is not None and (type(k) is not np.ndarray or k.ndim != 4)):
         return None
-    if type(layout) is not str or layout not in _LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
+    if type(layout) is not str or layout not in LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
         return None
     table_dtype = _TABLE_DTYPES.get(q.dtype) or _late_table_dtype(q.dtype)
     if table_dtype is None or (k is not None and k.dtype != q.dtype):
