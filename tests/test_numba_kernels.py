@@ -153,13 +153,39 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         assert np.isnan(got[is_nan].view(dt).astype(np.float64)).all()  # any quiet NaN
 
 
+_REFERENCE_CODECS = {}
+
+
+def _reference_codecs():
+    """``(decode_all, encode_all)``: the reference scalar codecs over 1-D arrays, compiled once per session
+    (a fresh ``njit(lambda ...)`` per call would recompile every time)."""
+    if not _REFERENCE_CODECS:
+        from numba import njit
+
+        @njit
+        def decode_all(bits, mant_bits, bias):
+            out = np.empty(bits.shape[0], np.float64)
+            for i in range(bits.shape[0]):
+                out[i] = _numba._decode(bits[i], mant_bits, bias)
+            return out
+
+        @njit
+        def encode_all(values, mant_bits, bias):
+            out = np.empty(values.shape[0], np.uint16)
+            for i in range(values.shape[0]):
+                out[i] = _numba._encode(values[i], mant_bits, bias)
+            return out
+
+        _REFERENCE_CODECS.update(decode=decode_all, encode=encode_all)
+    return _REFERENCE_CODECS["decode"], _REFERENCE_CODECS["encode"]
+
+
 def _reference_rotation(x, cos, sin, positions, layout, rotary_dim, inverse, mant_bits, bias):
     """The rotation of 16-bit float ``x`` (B, H, S, D) as the definition says: inputs decoded exactly with
     ``_decode``, ``x1*c - x2*s`` and ``x2*c + x1*s`` in float64, each result rounded once with ``_encode``."""
-    from numba import njit
-
+    decode_all, encode_all = _reference_codecs()
     bits = x.view(np.uint16).astype(np.int64)
-    values = np.array(njit(lambda bs: [_numba._decode(b, mant_bits, bias) for b in bs])(bits.ravel()))
+    values = decode_all(bits.ravel(), mant_bits, bias)
     v = values.reshape(x.shape)
     half = rotary_dim // 2
     c = cos[positions][:, None, :, :half].astype(np.float64)
@@ -176,7 +202,7 @@ def _reference_rotation(x, cos, sin, positions, layout, rotary_dim, inverse, man
     else:
         out[..., :half], out[..., half:rotary_dim] = r1, r2
     flat = out.ravel()
-    rounded = np.array(njit(lambda vs: [_numba._encode(w, mant_bits, bias) for w in vs])(flat)).astype(np.uint16)
+    rounded = encode_all(np.ascontiguousarray(flat), mant_bits, bias)
     keep = np.zeros(x.shape, bool)
     keep[..., rotary_dim:] = True  # channels past rotary_dim are copied bits, not decoded and re-encoded
     return np.where(keep, x.view(np.uint16), rounded.reshape(x.shape))
