@@ -33,6 +33,15 @@ class _Snapshot:
     #: n -> (cos[:n], sin[:n]), since slicing costs a few hundred nanoseconds (a torch tensor: a microsecond)
     views: dict = field(default_factory=dict)
 
+    def head(self, n: int) -> tuple[Any, Any]:
+        """``(cos[:n], sin[:n])``, memoized per ``n`` (read-only tables: handing out the same pair is safe)."""
+        pair = self.views.get(n)
+        if pair is None:
+            pair = self.cos[:n], self.sin[:n]
+            if len(self.views) < _MAX_VIEWS:
+                self.views[n] = pair
+        return pair
+
 
 @dataclass
 class CacheStats:
@@ -108,12 +117,7 @@ class Table:
         (a torch or JAX caller) views of one memoized tensor per (library, device, dtype)."""
         snap = self.rows(n)
         if origin is None and dtype_name == self._dtype_name:
-            pair = snap.views.get(n)  # read-only views: handing out the same pair again is safe
-            if pair is None:
-                pair = snap.cos[:n], snap.sin[:n]
-                if len(snap.views) < _MAX_VIEWS:
-                    snap.views[n] = pair
-            return pair
+            return snap.head(n)
         memo_key = dtype_name if origin is None else (dtype_name, origin.key())
         cast = self._casts.get(memo_key)
         if cast is None or cast.rows != snap.rows:
@@ -123,14 +127,7 @@ class Table:
                 if cast is None or cast.rows != snap.rows:
                     cast = self._make_cast(snap, dtype_name, xp_dtype, xp, origin)
                     self._casts[memo_key] = cast
-        if origin is None:
-            return cast.cos[:n], cast.sin[:n]
-        pair = cast.views.get(n)
-        if pair is None:
-            pair = cast.cos[:n], cast.sin[:n]
-            if len(cast.views) < _MAX_VIEWS:
-                cast.views[n] = pair
-        return pair
+        return cast.head(n)
 
     def _make_cast(self, snap: _Snapshot, dtype_name: str, xp_dtype: Any, xp: Any, origin: Any) -> _Snapshot:
         if dtype_name == self._dtype_name:
