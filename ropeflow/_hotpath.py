@@ -5,7 +5,8 @@ tensor, sliced table views) cost more than the kernel. :func:`host_apply` does t
 Python steps, for the common case only:
 
 * q (and k) plain 4-D NumPy arrays of one supported dtype, native byte order, ``seq_axis`` -2 or -3;
-* positions ``offset + arange(seq)`` with ``offset`` an int or a 1-D integer array of shape ``(batch,)``;
+* positions ``offset + arange(seq)`` with ``offset`` an int or a 1-D integer array of shape ``(batch,)``, or
+  ``position_ids`` of shape ``(seq,)`` or ``(batch, seq)``;
 * a fixed-frequency embedding whose table already holds the rows asked (a cache hit).
 
 Anything else, including every invalid argument, returns None and the general path runs, so errors and
@@ -64,8 +65,29 @@ def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
     return positions, hi + n_seq
 
 
-def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: Any) -> tuple[Any, Any] | None:
-    """``(q_rot, k_rot)`` rotated at ``offset + arange(seq)``, or None where the general path must run.
+def host_position_ids(ids: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, int] | None:
+    """``(positions, longest)`` for ``position_ids`` of shape ``(seq,)`` or ``(batch, seq)``: ``(1, seq)`` or
+    ``(batch, seq)`` int64 rows and the largest position + 1; None when ``ids`` is not such a valid NumPy
+    integer array (the general path then reports it)."""
+    if type(ids) is not np.ndarray or ids.dtype.kind not in "iu":
+        return None
+    if ids.shape != ((n_seq,) if ids.ndim == 1 else (n_batch, n_seq)):
+        return None
+    if ids.size <= _LIST_CHECK:
+        values = ids.ravel().tolist()
+        lo, hi = min(values), max(values)
+    else:
+        lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi > MAX_POSITION:
+        return None
+    positions = ids if ids.dtype == np.int64 else ids.astype(np.int64)
+    return (positions[None, :] if ids.ndim == 1 else positions), hi + 1
+
+
+def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any
+               ) -> tuple[Any, Any] | None:
+    """``(q_rot, k_rot)`` rotated at ``position_ids`` (when not None) or ``offset + arange(seq)``, or None where
+    the general path must run.
 
     q, k: ``(batch, heads, seq, head_dim)`` (``seq_axis=-2``) or ``(batch, seq, heads, head_dim)``
     (``seq_axis=-3``) NumPy arrays; ``k`` may be None. ``rope``: the :class:`~ropeflow.RotaryEmbedding`."""
@@ -77,12 +99,16 @@ def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: An
     if table_dtype is None or (k is not None and k.dtype != q.dtype):
         return None
     dim = rope.dim
-    n_batch, n_seq = q.shape[0], q.shape[seq_axis]
-    if q.shape[3] < dim or n_batch == 0 or n_seq == 0:
+    shape = q.shape
+    n_batch, n_seq = shape[0], shape[seq_axis]
+    if shape[3] < dim or n_batch == 0 or n_seq == 0:
         return None
     if k is not None and (k.shape[3] < dim or k.shape[0] != n_batch or k.shape[seq_axis] != n_seq):
         return None
-    rows = host_positions(offset, n_batch, n_seq)
+    if position_ids is None:
+        rows = host_positions(offset, n_batch, n_seq)
+    else:
+        rows = host_position_ids(position_ids, n_batch, n_seq)
     if rows is None:
         return None
     positions, longest = rows
@@ -97,7 +123,10 @@ def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: An
         return None
     q_out = np.empty_like(q)
     k_out = None if k is None else np.empty_like(k)
-    if seq_axis == -2:
+    fresh = getattr(backend, "apply_fresh", None)
+    if fresh is not None:
+        fresh(q, q_out, k, k_out, snap.cos, snap.sin, positions, layout, dim, seq_axis == -3)
+    elif seq_axis == -2:
         backend.apply(q, q_out, snap.cos, snap.sin, positions, layout, dim, False, k=k, k_out=k_out)
     else:
         backend.apply(q.transpose(0, 2, 1, 3), q_out.transpose(0, 2, 1, 3), snap.cos, snap.sin, positions, layout,
@@ -106,7 +135,8 @@ def host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: An
     return q_out, k_out
 
 
-def torch_host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_axis: Any) -> tuple[Any, Any] | None:
+def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any
+                     ) -> tuple[Any, Any] | None:
     """:func:`host_apply` for torch CPU tensors (float16, float32, float64; an int, NumPy or torch
     ``offset``): zero-copy NumPy views in, ``torch.from_numpy`` views of the results out; None where the
     general path must run.
@@ -120,11 +150,13 @@ def torch_host_apply(rope: Any, q: Any, k: Any, offset: Any, layout: str, seq_ax
     try:
         q_np = q.numpy()
         k_np = None if k is None else k.numpy()
-        if type(offset) is torch.Tensor:
+        if type(position_ids) is torch.Tensor:
+            position_ids = position_ids.numpy()
+        elif type(offset) is torch.Tensor:
             offset = offset.numpy()
     except (TypeError, RuntimeError):
         return None
-    done = host_apply(rope, q_np, k_np, offset, layout, seq_axis)
+    done = host_apply(rope, q_np, k_np, position_ids, offset, layout, seq_axis)
     if done is None:
         return None
     return torch.from_numpy(done[0]), None if k is None else torch.from_numpy(done[1])

@@ -314,11 +314,13 @@ class RotaryEmbedding:
         """
         if layout is None:
             layout = self.layout
-        if position_ids is None and cu_seqlens is None:  # a table hit on host arrays: the hot path, else None
+        if cu_seqlens is None:  # a table hit on host arrays: the hot path, else None
             if type(q) is np.ndarray:
-                done = host_apply(self, q, k, offset, layout, seq_axis)
+                done = host_apply(self, q, k, position_ids, offset, layout, seq_axis)
+            elif library_of(q) == "torch":
+                done = torch_host_apply(self, q, k, position_ids, offset, layout, seq_axis)
             else:
-                done = torch_host_apply(self, q, k, offset, layout, seq_axis) if library_of(q) == "torch" else None
+                done = None
             if done is not None:
                 return done
 

@@ -9,7 +9,7 @@ from conftest import HOST_BACKENDS
 from reference import apply_naive
 
 from ropeflow import RotaryEmbedding, apply_rotary
-from ropeflow._hotpath import host_apply, host_positions, torch_host_apply
+from ropeflow._hotpath import host_apply, host_position_ids, host_positions, torch_host_apply
 
 TABLE = 64
 
@@ -55,7 +55,7 @@ def test_hot_path_equals_general_path_and_reference(backend, dtype_name, layout,
     elif offset == "int32 array":
         offset = np.array([3, 0, 61], dtype=np.int32)
     q, k = _qk((n_batch, 4, n_seq, 20), (n_batch, 2, n_seq, 16), dtype)  # q: head_dim 20 > dim (pass-through)
-    hot = host_apply(rope, q, k, offset, layout, -2)
+    hot = host_apply(rope, q, k, None, offset, layout, -2)
     assert hot is not None
     q_rot, k_rot = rope.apply(q, k, offset=offset, layout=layout)
     for got, x in ((hot[0], q), (hot[1], k), (q_rot, q), (k_rot, k)):
@@ -74,10 +74,10 @@ def test_token_major_and_q_alone(n_seq):
     rope = _rope()
     q, k = _qk((2, n_seq, 4, 16), (2, n_seq, 2, 16), np.float32, seed=1)
     offset = np.array([9, 2])
-    hot_q, hot_k = host_apply(rope, q, k, offset, "half", -3)
+    hot_q, hot_k = host_apply(rope, q, k, None, offset, "half", -3)
     np.testing.assert_array_equal(hot_q, _general(rope, q, offset, "half", -3))
     np.testing.assert_array_equal(hot_k, _general(rope, k, offset, "half", -3))
-    alone, none = host_apply(rope, q, None, offset, "half", -3)
+    alone, none = host_apply(rope, q, None, None, offset, "half", -3)
     assert none is None
     np.testing.assert_array_equal(alone, hot_q)
 
@@ -86,7 +86,7 @@ def test_strided_views():
     rope = _rope()
     qkv = np.random.default_rng(2).standard_normal((2, 6, 3, 24)).astype(np.float32)
     q, k = qkv[:, :4, :, 4:20], qkv[:, 4:, :, :16]  # non-contiguous views of one buffer
-    hot_q, hot_k = host_apply(rope, q, k, 3, "interleaved", -2)
+    hot_q, hot_k = host_apply(rope, q, k, None, 3, "interleaved", -2)
     np.testing.assert_array_equal(hot_q, _general(rope, q, 3, "interleaved", -2))
     np.testing.assert_array_equal(hot_k, _general(rope, k, 3, "interleaved", -2))
 
@@ -159,26 +159,26 @@ def test_falls_back_where_the_general_path_decides(case):
         q, k, offset = q[:0], k[:0], np.array([], dtype=np.int64)
     elif case == "ndarray subclass":
         offset = np.array([1, 2]).view(_Sub)
-    assert host_apply(rope, q, k, offset, layout, seq_axis) is None
+    assert host_apply(rope, q, k, None, offset, layout, seq_axis) is None
 
 
 def test_no_hot_path_before_the_table_or_for_length_dependent_frequencies():
     rope = RotaryEmbedding(16, TABLE)
     q, k = _qk((1, 2, 1, 16), (1, 2, 1, 16), np.float32)
-    assert host_apply(rope, q, k, 3, "half", -2) is None  # nothing built yet
+    assert host_apply(rope, q, k, None, 3, "half", -2) is None  # nothing built yet
     rope.apply(q, k, offset=3)  # the general path builds the table
-    assert host_apply(rope, q, k, 3, "half", -2) is not None
+    assert host_apply(rope, q, k, None, 3, "half", -2) is not None
     dynamic = RotaryEmbedding(16, TABLE, scaling={"rope_type": "dynamic", "factor": 2.0})
     dynamic.cos_sin(TABLE)
-    assert host_apply(dynamic, q, k, 3, "half", -2) is None
+    assert host_apply(dynamic, q, k, None, 3, "half", -2) is None
     reference_f64 = _rope()  # reference precision keeps float32 tables: float64 q needs a cast
-    assert host_apply(reference_f64, q.astype(np.float64), k.astype(np.float64), 3, "half", -2) is None
+    assert host_apply(reference_f64, q.astype(np.float64), k.astype(np.float64), None, 3, "half", -2) is None
 
 
 def test_reference_precision_limit_is_the_general_paths():
     rope = _rope()
     q, k = _qk((1, 2, 1, 16), (1, 2, 1, 16), np.float32)
-    assert host_apply(rope, q, k, 2**24, "half", -2) is None
+    assert host_apply(rope, q, k, None, 2**24, "half", -2) is None
     with pytest.raises(ValueError, match="exact only below 2"):
         rope.apply(q, k, offset=2**24)
 
@@ -190,15 +190,20 @@ def test_torch_hot_path():
     offset = np.array([0, 11, 50])
     want_q, want_k = rope.apply(q, k, offset=offset)
     for off in (offset, torch.from_numpy(offset), 7):
-        got = torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k), off, "half", -2)
+        got = torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k), None, off, "half", -2)
         assert got is not None and all(type(t) is torch.Tensor for t in got)
         if not isinstance(off, int):
             np.testing.assert_array_equal(got[0].numpy(), want_q)
             np.testing.assert_array_equal(got[1].numpy(), want_k)
     qt = torch.from_numpy(q)
-    assert torch_host_apply(rope, qt.to(torch.bfloat16), None, 1, "half", -2) is None  # the general path
-    assert torch_host_apply(rope, qt.requires_grad_(True), None, 1, "half", -2) is None
-    assert torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k).double(), 1, "half", -2) is None
+    assert torch_host_apply(rope, qt.to(torch.bfloat16), None, None, 1, "half", -2) is None  # the general path
+    assert torch_host_apply(rope, qt.requires_grad_(True), None, None, 1, "half", -2) is None
+    assert torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k).double(), None, 1, "half", -2) is None
+    ids = np.array([[0, 5, 9], [1, 2, 3]]).T[:, :1].copy()  # (batch, seq) = (3, 1)
+    got = torch_host_apply(rope, torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(ids), 0, "half", -2)
+    want_q, want_k = rope.apply(q, k, ids)
+    np.testing.assert_array_equal(got[0].numpy(), want_q)
+    np.testing.assert_array_equal(got[1].numpy(), want_k)
     q_rot, _ = rope.apply(torch.from_numpy(q).to(torch.bfloat16), None, offset=torch.from_numpy(offset))
     assert q_rot.dtype == torch.bfloat16
 
@@ -212,4 +217,57 @@ def test_hot_path_is_used_by_apply(monkeypatch):
     sentinel = (np.zeros(1), np.zeros(1))
     monkeypatch.setattr(rotary, "host_apply", lambda *args: sentinel)
     assert rope.apply(q, k, offset=1) is sentinel
-    assert rope.apply(q, k, position_ids=np.array([1])) is not sentinel  # position ids: general path
+    assert rope.apply(q, k, position_ids=np.array([1])) is sentinel
+    packed = np.ones((2, 2, 16), dtype=np.float32)  # (tokens, heads, head_dim): packed batches, the general path
+    assert rope.apply(packed, packed, cu_seqlens=np.array([0, 1, 2]), seq_axis=-3) is not sentinel
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("ids_kind", ["(seq,)", "(batch, seq)", "int32 (batch, seq)", "uint8 (seq,)", "big"])
+@pytest.mark.parametrize("seq_axis", [-2, -3])
+def test_position_ids_hot_path_equals_general_path(backend, ids_kind, seq_axis):
+    rope = _rope(backend)
+    rng = np.random.default_rng(5)
+    n_batch, n_seq = (3, 2) if ids_kind != "big" else (9, 8)  # big: 72 ids, checked by reductions
+    shape_q = (n_batch, 4, n_seq, 20) if seq_axis == -2 else (n_batch, n_seq, 4, 20)
+    shape_k = (n_batch, 2, n_seq, 16) if seq_axis == -2 else (n_batch, n_seq, 2, 16)
+    q, k = _qk(shape_q, shape_k, np.float32, seed=3)
+    ids = rng.integers(0, TABLE, size=(n_seq,) if "(seq,)" in ids_kind else (n_batch, n_seq))
+    ids = ids.astype({"int32 (batch, seq)": np.int32, "uint8 (seq,)": np.uint8}.get(ids_kind, np.int64))
+    hot = host_apply(rope, q, k, ids, 0, "half", seq_axis)
+    assert hot is not None
+    cos, sin = rope.cos_sin(TABLE)
+    positions = np.broadcast_to(ids, (n_batch, n_seq))
+    for got, x in zip(hot, (q, k), strict=True):
+        want = apply_rotary(x, cos, sin, position_ids=ids, seq_axis=seq_axis, backend=rope.backend)
+        np.testing.assert_array_equal(got, want)
+        x4 = x if seq_axis == -2 else x.transpose(0, 2, 1, 3)
+        ref = apply_naive(x4, *(np.asarray(t, dtype=np.float64) for t in (cos, sin)), positions, "half", 16)
+        ref = ref if seq_axis == -2 else ref.transpose(0, 2, 1, 3)
+        np.testing.assert_allclose(got.astype(np.float64), ref, rtol=1e-6, atol=1e-6)
+    via_apply = rope.apply(q, k, ids, seq_axis=seq_axis)
+    np.testing.assert_array_equal(via_apply[0], hot[0])
+
+
+@pytest.mark.parametrize("case", ["negative", "beyond the table", "float", "bool", "wrong seq", "wrong batch",
+                                  "3-D (M-RoPE)", "uint64 beyond int64", "list"])
+def test_position_ids_fall_back_where_the_general_path_decides(case):
+    rope = _rope()
+    q, k = _qk((2, 4, 3, 16), (2, 2, 3, 16), np.float32)
+    ids = {"negative": np.array([0, -1, 2]), "beyond the table": np.array([0, 1, TABLE]),
+           "float": np.array([0.0, 1.0, 2.0]), "bool": np.array([True, False, True]),
+           "wrong seq": np.array([0, 1]), "wrong batch": np.zeros((3, 3), dtype=np.int64),
+           "3-D (M-RoPE)": np.zeros((3, 2, 3), dtype=np.int64),
+           "uint64 beyond int64": np.array([0, 1, 2**63 + 1], dtype=np.uint64), "list": [0, 1, 2]}[case]
+    assert host_apply(rope, q, k, ids, 0, "half", -2) is None
+    if case in ("negative", "wrong seq", "3-D (M-RoPE)"):  # (beyond the table, the table grows)
+        with pytest.raises(ValueError, match="position_ids"):  # the general path's own error
+            rope.apply(q, k, ids)
+
+
+def test_position_ids_rows():
+    positions, longest = host_position_ids(np.array([4, 0, 9], dtype=np.int16), 2, 3)
+    assert positions.dtype == np.int64 and positions.shape == (1, 3) and longest == 10
+    positions, longest = host_position_ids(np.array([[1], [7]]), 2, 1)
+    np.testing.assert_array_equal(positions, [[1], [7]])
+    assert longest == 8

@@ -514,17 +514,27 @@ def _rotate_tile(x, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
         _walk_deepseek(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
 
 
-@_parallel_kernel
-def _apply_tiles(x, out, k, k_out, cos, sin, positions, layout, rotary_dim, sign, copy_q, copy_k, token_major,
-                 with_k, seq_inner, tile, max_chunks):
-    """Rotate q (``x`` -> ``out``) and, when ``with_k``, k (``k`` -> ``k_out``) in one launch. The work is cut
-    into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its cos/sin rows
-    to float64 once (sign applied) and rotates every head of q and of k there (head counts and head dims
-    may differ between q and k; their batch and seq are equal). Tiles are split into contiguous chunks, one
-    parallel iteration each (at most ``max_chunks``). positions: (B, S) or (1, S) rows of cos/sin.
+# Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of seven arguments: Numba's
+# dispatcher types every argument on every call, about 0.1 us each). Bits 0-1 hold the layout code.
+_INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER = 4, 8, 16, 32, 64, 128
 
-    Arrays are (B, H, S, D), any strides; with ``token_major`` they are passed as (B, S, H, D) (their memory
-    order, typically C-contiguous, so that the rows are unit-stride for LLVM)."""
+
+@_parallel_kernel
+def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, max_chunks):
+    """Rotate q (``x`` -> ``out``) and, with the ``_WITH_K`` flag, k (``k`` -> ``k_out``) in one launch. The
+    work is cut into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its
+    cos/sin rows to float64 once (sign applied) and rotates every head of q and of k there (head counts and
+    head dims may differ between q and k; their batch and seq are equal). Tiles are split into contiguous
+    chunks, one parallel iteration each (at most ``max_chunks``). positions: (B, S) or (1, S) rows of cos/sin.
+
+    flags: the layout code (0 "half", 1 "interleaved", 2 "deepseek") in bits 0-1, and the ``_INVERSE``,
+    ``_COPY_Q``/``_COPY_K`` (pass channels past ``rotary_dim`` through), ``_TOKEN_MAJOR``, ``_WITH_K`` and
+    ``_SEQ_INNER`` bits. Arrays are (B, H, S, D), any strides; with ``_TOKEN_MAJOR`` they are passed as (B, S,
+    H, D) (their memory order, typically C-contiguous, so that the rows are unit-stride for LLVM)."""
+    layout = flags & 3
+    sign = -1.0 if flags & _INVERSE else 1.0
+    copy_q, copy_k = (flags & _COPY_Q) != 0, (flags & _COPY_K) != 0
+    token_major, with_k, seq_inner = (flags & _TOKEN_MAJOR) != 0, (flags & _WITH_K) != 0, (flags & _SEQ_INNER) != 0
     n_batch = x.shape[0]
     n_seq = x.shape[1] if token_major else x.shape[2]
     half = rotary_dim // 2
@@ -605,35 +615,70 @@ class NumbaBackend:
         row) copies its input first. Work below :data:`SERIAL_ELEMENTS` elements runs on the calling thread
         (the serial twin: same code, same bits), since waking the thread pool costs more than it saves.
         """
-        copy_q = rotary_dim < x.shape[-1] and not same_view(x, out)
+        flags = _LAYOUT_CODES[layout] | (_INVERSE if inverse else 0)
+        if rotary_dim < x.shape[-1] and not same_view(x, out):
+            flags |= _COPY_Q
         if layout == "deepseek" and np.may_share_memory(x, out):
             x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
         view = _RAW_VIEWS.get(x.dtype.char)
         if view is not None:
             x, out = x.view(view), out.view(view)
-        with_k = k is not None
-        if not with_k:
-            k, k_out, copy_k = x, out, False
+        if k is None:
+            k, k_out = x, out
         else:
-            copy_k = rotary_dim < k.shape[-1] and not same_view(k, k_out)
+            flags |= _WITH_K
+            if rotary_dim < k.shape[-1] and not same_view(k, k_out):
+                flags |= _COPY_K
             if layout == "deepseek" and np.may_share_memory(k, k_out):
                 k = k.copy()
             if view is not None:
                 k, k_out = k.view(view), k_out.view(view)
-        # walk rows in memory order: token-major when the head stride is the smaller (e.g. seq_axis=-3 inputs)
-        token_major = x.shape[1] > 1 and x.shape[2] > 1 and abs(x.strides[1]) < abs(x.strides[2])
-        if token_major:
+        _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, False)
+
+    def apply_fresh(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
+                    cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, layout: str, rotary_dim: int,
+                    token_major: bool) -> None:
+        """:meth:`apply` (forward) into ``out``/``k_out`` freshly allocated by the caller, so that they share
+        no memory with anything: the hot path's entry, without the aliasing checks. With ``token_major`` the
+        arrays are (B, S, H, D) (``seq_axis=-3``), else (B, H, S, D)."""
+        flags = _LAYOUT_CODES[layout]
+        if rotary_dim < x.shape[3]:
+            flags |= _COPY_Q
+        view = _RAW_VIEWS.get(x.dtype.char)
+        if view is not None:
+            x, out = x.view(view), out.view(view)
+        if k is None:
+            k, k_out = x, out
+        else:
+            flags |= _WITH_K | (_COPY_K if rotary_dim < k.shape[3] else 0)
+            if view is not None:
+                k, k_out = k.view(view), k_out.view(view)
+        _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, token_major)
+
+
+def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray, k_out: np.ndarray, cos: np.ndarray, sin: np.ndarray,
+            positions: np.ndarray, flags: int, rotary_dim: int, token_major: bool) -> None:
+    """Choose the walk and the kernel, then run :func:`_apply_tiles`. The arrays are (B, H, S, D), or (B, S,
+    H, D) with ``token_major``; they are walked in memory order: token-major when the head stride is the
+    smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise."""
+    head_axis, seq_axis = (2, 1) if token_major else (1, 2)
+    n_seq = x.shape[seq_axis]
+    if n_seq > 1:
+        if x.shape[head_axis] > 1 and (abs(x.strides[head_axis]) < abs(x.strides[seq_axis])) != token_major:
             x, out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (x, out, k, k_out))
-        seq_inner = not token_major and x.shape[2] > 1
-        work = x.size + k.size * with_k
-        kernel, tile, chunks = _apply_tiles.serial, TILE, 1
-        if work >= SERIAL_ELEMENTS:
-            kernel, chunks = _apply_tiles, _CHUNKS
-            n_batch, n_seq = x.shape[0], x.shape[1] if token_major else x.shape[2]
-            while tile > 1 and n_batch * -(-n_seq // tile) < chunks:  # smaller tiles until every chunk has one
-                tile //= 2
-        kernel(x, out, k, k_out, cos, sin, positions, _LAYOUT_CODES[layout], rotary_dim, -1.0 if inverse else 1.0,
-               copy_q, copy_k, token_major, with_k, seq_inner, tile, chunks)
+            token_major = not token_major
+        if not token_major:
+            flags |= _SEQ_INNER
+    if token_major:
+        flags |= _TOKEN_MAJOR
+    work = x.size + k.size if flags & _WITH_K else x.size
+    if work < SERIAL_ELEMENTS:
+        _apply_tiles.serial(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, TILE, 1)
+        return
+    tile, chunks, n_batch = TILE, _CHUNKS, x.shape[0]
+    while tile > 1 and n_batch * -(-n_seq // tile) < chunks:  # smaller tiles until every chunk has one
+        tile //= 2
+    _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, chunks)
 
 
 def make_backend() -> NumbaBackend:
