@@ -105,9 +105,11 @@ def test_half_precision_codecs_round_once_to_nearest_even(name):
 
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_vectorizable_codecs_equal_the_reference_codec(name):
-    """The branch-free encoders of the rotation kernel (round to odd in float32, then to nearest even; float16
-    also with the hardware conversion) give the bits of the reference encoder ``_encode`` (rounding from
-    float64 directly) for every value tried; the bfloat16 decoder equals ``_decode`` on all 65536 patterns."""
+    """The branch-free encoders of the rotation kernel (float16: round to odd in float32, then to nearest even,
+    also with the hardware conversion; bfloat16: an integer round to nearest even of the float64 bits) give
+    the bits of the reference encoder ``_encode`` (rounding from float64 directly) for every value tried, NaN
+    included for bfloat16 (its quiet NaN with the sign); the bfloat16 decoder equals ``_decode`` on all 65536
+    patterns."""
     from numba import njit
 
     if name == "bfloat16":
@@ -151,6 +153,8 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         got = np.array(encode(samples)).astype(np.uint16)
         np.testing.assert_array_equal(got[~is_nan], want[~is_nan])
         assert np.isnan(got[is_nan].view(dt).astype(np.float64)).all()  # any quiet NaN
+        if name == "bfloat16":
+            np.testing.assert_array_equal(got, want)  # the reference's NaN bits too
 
 
 _REFERENCE_CODECS = {}

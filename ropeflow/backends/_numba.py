@@ -352,12 +352,34 @@ def _encode_f16_hw(v):
     return _f32_to_f16(np.float32(_bits_f64(odd)))
 
 
+# float64 -> bfloat16 on the float64 bits (4-lane 64-bit integer operations and selects; no float32 step).
+_BF16_DROP = 52 - 7  # float64 mantissa bits below bfloat16's 7
+_BF16_REBIAS = (1023 - 127) << 7  # float64 exponent field -> bfloat16's, in the shifted bits
+_BF16_NORMAL_MIN = (1023 - 126) << 52  # float64 bits of 2**-126, bfloat16's smallest normal
+_BF16_OVERFLOW = (1023 + 128) << 52  # float64 bits of 2**128: at and above it bfloat16 is inf
+_F64_INF = 2047 << 52
+#: ulp(2**-81) = 2**-133, bfloat16's subnormal spacing: adding it rounds to that spacing (see _encode_bf16)
+_BF16_SUB_MAGIC = 2.0**-81
+_BF16_SUB_MAGIC_BITS = (1023 - 81) << 52
+
+
 @_jit(inline="always")
 def _encode_bf16(v):
-    """float64 -> bfloat16 bits (as int16), rounded once to nearest even: branch-free, vectorizable."""
-    b = np.int64(_odd_f32_bits(v)) & 0xFFFFFFFF
-    h = ((b >> 16) | 0x40) if v != v else (b + 0x7FFF + ((b >> 16) & 1)) >> 16  # NaN stays a quiet NaN
-    return np.int16(h)  # the low 16 bits
+    """float64 -> bfloat16 bits (as int16), rounded once to nearest even, branch-free and vectorizable.
+
+    Normal results (``|v| >= 2**-126``): an integer round to nearest even of the float64 bits at bfloat16's
+    last mantissa bit (add ``2**44 - 1`` plus the last kept bit, shift out 45 bits; a carry into the exponent
+    is the correct rounding, up to inf), then the exponent rebiased. Subnormal results: ``|v| + 2**-81`` rounds
+    ``|v|`` to a multiple of ``2**-133`` in one float64 addition, and the bits above ``2**-81``'s are that
+    multiple, the subnormal's bits. inf and overflow give inf; NaN gives bfloat16's quiet NaN, ``v``'s sign."""
+    b = _f64_bits(v)
+    a = b & np.int64(0x7FFFFFFFFFFFFFFF)
+    normal = ((a + np.int64((1 << (_BF16_DROP - 1)) - 1) + ((a >> _BF16_DROP) & 1)) >> _BF16_DROP) - _BF16_REBIAS
+    sub = _f64_bits(_bits_f64(a) + _BF16_SUB_MAGIC) - np.int64(_BF16_SUB_MAGIC_BITS)
+    h = sub if a < _BF16_NORMAL_MIN else normal
+    h = np.int64(0x7F80) if a >= _BF16_OVERFLOW else h
+    h = np.int64(0x7FC0) if a > _F64_INF else h
+    return np.int16(h | ((b >> 48) & np.int64(0x8000)))
 
 
 @_jit(inline="always")
