@@ -4,7 +4,9 @@ and cache hits, with torch CPU tensors vs NumPy arrays of the same values, in on
     python benchmarks/bench_interop.py [--repeats N]
 
 Each figure is the median over ``--repeats`` rounds of the mean time of 2000 back-to-back calls; the two paths
-alternate round by round, so machine noise hits both alike.
+alternate round by round, so machine noise hits both alike. The last row times, alone, the five torch calls
+every torch decode call makes (``Tensor.numpy()`` for q, k and the offsets, ``torch.from_numpy`` for the two
+results): the floor of the torch path's overhead with torch's Python API.
 """
 
 from __future__ import annotations
@@ -52,7 +54,15 @@ def main() -> None:
                 lambda: rope.apply(qn, kn, offset=offn), lambda: rope.apply(qt, kt, offset=offt)),
         }
         if n_seqs == 8:
+            idn = offn[:, None].copy()
+            idt = torch.from_numpy(idn)
+            cases[f"apply(q, k, position_ids (B, 1)) decode, {n_seqs} seq"] = (
+                lambda: rope.apply(qn, kn, idn), lambda: rope.apply(qt, kt, idt))
             cases["cache hit rope(x)"] = (lambda: rope(qn), lambda: rope(qt))
+            outs = rope.apply(qn, kn, offset=offn)
+            cases["torch conversions alone: 3x numpy(), 2x from_numpy (numpy column: nothing)"] = (
+                lambda: None, lambda: (qt.numpy(), kt.numpy(), offt.numpy(), torch.from_numpy(outs[0]),
+                                       torch.from_numpy(outs[1])))
         for name, (f_np, f_t) in cases.items():
             f_np(), f_t()
             a, b = [], []

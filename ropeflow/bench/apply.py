@@ -5,8 +5,9 @@ CPU (``CPU_CASES``): decode of 1, 8 and 64 sequences of one token (q 32 heads, k
 head-major and token-major memory (``seq_axis=-3``), and float16 / bfloat16 prefill; against the seed's PyTorch
 code, a jitted JAX rotation, MLX's ``mx.fast.rope`` and ggml's rope (llama.cpp's kernel, through ggml-python)
 where those are installed (``_peers``: each checked against ropeflow's output before it is timed), and a
-plain copy of q and k. "half" layout (the seed's ``rotate_half`` form). GPU: prefill and decode shapes, median
-of ``repeats`` after a warm-up, CUDA events, against the seed's code on CUDA and a device-to-device copy.
+plain copy of q and k (into preallocated arrays, and into new ones). "half" layout (the seed's
+``rotate_half`` form). GPU: prefill and decode shapes, median of ``repeats`` after a warm-up, CUDA events,
+against the seed's code on CUDA and a device-to-device copy.
 Not a test: nothing here asserts a timing.
 """
 
@@ -28,7 +29,9 @@ TABLE_LEN = 8192
 #: Pause before timing ropeflow in each case: thread pools of the peers timed just before (OpenMP in torch and
 #: ggml, MLX's) keep spinning for a while after their work, and on 2 cores they take the core from the caller.
 QUIESCE_SECONDS = 0.3
-CPU_COLUMNS = ["torch", "jax", "mlx", "ggml", "numpy", "numba", "copy"]
+#: "numba out": prefill rotated into preallocated arrays (``apply_rotary(..., out=)``, q then k), against "copy"
+#: (``np.copyto`` into preallocated arrays); "new copy": ``q.copy(), k.copy()``, new arrays as ``apply`` returns.
+CPU_COLUMNS = ["torch", "jax", "mlx", "ggml", "numpy", "numba", "numba out", "copy", "new copy"]
 #: CPU cases: (label, q shape (B, H, S, D), k heads, memory order, dtype). k has fewer heads (GQA, 32/8).
 #: "token-major" arrays are (B, S, H, D) in memory, rotated with ``seq_axis=-3``.
 CPU_CASES = [
@@ -161,7 +164,7 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
     progress.echo(f"best of {repeats}; q and k (fewer heads) rotated by RotaryEmbedding.apply at per-sequence "
                   "offsets; ratios = other / numba\n")
     progress.echo(f"{'case':32s} {'torch':>9s} {'jax':>9s} {'mlx':>9s} {'ggml':>9s} {'numpy':>9s} {'numba':>9s} "
-                  f"{'copy':>9s}  torch/numba  numba/copy   (ms)")
+                  f"{'nb out':>9s} {'copy':>9s} {'new copy':>9s}  torch/numba  numba/new copy  nb out/copy   (ms)")
     peer_notes: list[str] = []
     for label, shape, k_heads, order, dtype_name in QUICK_CPU_CASES if quick else CPU_CASES:
         dtype = _np_dtype(dtype_name)
@@ -206,6 +209,16 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
         progress.step(f"copy {case}")
         qo, ko = np.empty_like(q), np.empty_like(k)
         t_copy = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
+        progress.step(f"new copy {case}")
+        t_new_copy = _per_call(lambda: (q.copy(), k.copy()), repeats)
+        progress.step(f"numba out {case}")
+        t_out = math.nan
+        if label.startswith("prefill"):  # decode: two calls' overhead, not the kernel
+            nb_cos, nb_sin = rope.cos_sin(TABLE_LEN)
+            time.sleep(QUIESCE_SECONDS)
+            t_out = _per_call(lambda: [ropeflow.apply_rotary(x, nb_cos, nb_sin, offset=offsets, seq_axis=seq_axis,
+                                                             out=o, backend="numba") for x, o in ((q, qo), (k, ko))],
+                              repeats)
         # the other libraries last, so their worker threads cannot disturb this case's other columns
         want = rope.apply(q, k, offset=offsets, seq_axis=seq_axis)  # what they must match (numba backend)
         for name in ("mlx", "ggml"):
@@ -217,12 +230,13 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
         del want
         nb = timings["numba"]
         times = {"torch": t_torch, "jax": t_jax, "mlx": timings["mlx"], "ggml": timings["ggml"],
-                 "numpy": timings["numpy"], "numba": nb, "copy": t_copy}
+                 "numpy": timings["numpy"], "numba": nb, "numba out": t_out, "copy": t_copy, "new copy": t_new_copy}
         res["rows"].append({"case": f"{label} q{shape} k heads {k_heads} {order} {dtype_name}",
                             "ms": {c: t * 1e3 for c, t in times.items()}})
         progress.echo(f"{case:32s} {t_torch * 1e3:9.4f} {t_jax * 1e3:9.4f} {timings['mlx'] * 1e3:9.4f} "
                       f"{timings['ggml'] * 1e3:9.4f} {timings['numpy'] * 1e3:9.4f} "
-                      f"{nb * 1e3:9.4f} {t_copy * 1e3:9.4f}  {t_torch / nb:10.2f}x {nb / t_copy:10.2f}x")
+                      f"{nb * 1e3:9.4f} {t_out * 1e3:9.4f} {t_copy * 1e3:9.4f} {t_new_copy * 1e3:9.4f}  "
+                      f"{t_torch / nb:10.2f}x {nb / t_new_copy:13.2f}x {t_out / t_copy:11.2f}x")
     if peer_notes:
         res["notes"]["peers"] = peer_notes
         progress.echo("\nempty (nan) peer cells:\n" + "\n".join(f"  {n}" for n in peer_notes))
