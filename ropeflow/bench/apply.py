@@ -14,7 +14,6 @@ Not a test: nothing here asserts a timing.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -26,9 +25,6 @@ CASES = [("prefill", (1, 32, 4096, 128)), ("decode", (8, 32, 1, 128))]
 QUICK_CASES = [("prefill", (1, 8, 1024, 128)), ("decode", (8, 32, 1, 128))]
 DTYPES = (np.float32, np.float16)
 TABLE_LEN = 8192
-#: Pause before timing ropeflow in each case: thread pools of the peers timed just before (OpenMP in torch and
-#: ggml, MLX's) keep spinning for a while after their work, and on 2 cores they take the core from the caller.
-QUIESCE_SECONDS = 0.3
 #: "numba out": prefill rotated into preallocated arrays (``apply_rotary(..., out=)``, q then k), against "copy"
 #: (``np.copyto`` into preallocated arrays); "new copy": ``q.copy(), k.copy()``, new arrays as ``apply`` returns.
 CPU_COLUMNS = ["torch", "jax", "mlx", "ggml", "numpy", "numba", "numba out", "copy", "new copy"]
@@ -148,12 +144,98 @@ def cpu_steps(quick: bool) -> int:
     return len(QUICK_CPU_CASES if quick else CPU_CASES) * len(CPU_COLUMNS)
 
 
-def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the CPU rotation benchmark, print its table, return the results."""
+def _case_inputs(shape: tuple[int, ...], k_heads: int, order: str, dtype_name: str
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(q, k, offsets, positions, seq_axis)`` of one CPU case (the same values on every call)."""
+    dtype = _np_dtype(dtype_name)
+    b, h, s, d = shape
+    q, _, offsets, positions = _inputs(shape, dtype)
+    k, _, _, _ = _inputs((b, k_heads, s, d), dtype)
+    if order == "token-major":
+        q, k = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (q, k))
+        return q, k, offsets, positions, -3
+    return q, k, offsets, positions, -2
+
+
+def _ropeflow_times(case: tuple[Any, ...], repeats: int, progress: Progress) -> dict[str, float]:
+    """ropeflow's columns and the copies of one case (seconds per call)."""
     import ropeflow
 
+    label, shape, k_heads, order, dtype_name = case
+    name = f"{label} {order} {dtype_name}"
+    q, k, offsets, _, seq_axis = _case_inputs(shape, k_heads, order, dtype_name)
+    times = {}
+    for backend in ("numpy", "numba"):
+        progress.step(f"{backend} {name}")
+        rope = ropeflow.RotaryEmbedding(shape[3], TABLE_LEN, backend=backend)
+        rope.cos_sin(TABLE_LEN)
+        times[backend] = _per_call(lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis), repeats)
+    qo, ko = np.empty_like(q), np.empty_like(k)
+    progress.step(f"copy {name}")
+    times["copy"] = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
+    progress.step(f"new copy {name}")
+    times["new copy"] = _per_call(lambda: (q.copy(), k.copy()), repeats)
+    progress.step(f"numba out {name}")
+    times["numba out"] = math.nan
+    if label.startswith("prefill"):  # decode: two calls' overhead, not the kernel
+        cos, sin = rope.cos_sin(TABLE_LEN)
+        times["numba out"] = _per_call(
+            lambda: [ropeflow.apply_rotary(x, cos, sin, offset=offsets, seq_axis=seq_axis, out=o, backend="numba")
+                     for x, o in ((q, qo), (k, ko))], repeats)
+    return times
+
+
+def _peer_times(case: tuple[Any, ...], repeats: int, progress: Progress, torch: Any, seed: Any, jax_rotate: Any,
+                preparers: dict[str, Any], notes: list[str]) -> dict[str, float]:
+    """The other libraries' columns of one case (seconds per call; NaN where absent or unsupported)."""
+    import ropeflow
+
+    label, shape, k_heads, order, dtype_name = case
+    name = f"{label} {order} {dtype_name}"
+    q, k, offsets, positions, seq_axis = _case_inputs(shape, k_heads, order, dtype_name)
+    dtype = q.dtype
+    rope = ropeflow.RotaryEmbedding(shape[3], TABLE_LEN, backend="numpy")
+    cos, sin = rope.cos_sin(TABLE_LEN)
+    progress.step(f"torch {name}")
+    times = {"torch": math.nan, "jax": math.nan}
+    if torch is not None:
+        tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
+        tc, ts = torch.from_numpy(np.array(cos)).to(tdt), torch.from_numpy(np.array(sin)).to(tdt)
+        tp = torch.from_numpy(positions)
+        as_torch = (lambda a: torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)) \
+            if dtype_name == "bfloat16" else torch.from_numpy
+        tq, tk = as_torch(q), as_torch(k)
+        if order == "token-major":  # the seed's code wants (B, H, S, D): hand it the transposed views
+            tq, tk = tq.transpose(1, 2), tk.transpose(1, 2)
+        times["torch"] = _per_call(lambda: (seed.apply_rotary_half(tq, tc, ts, tp),
+                                            seed.apply_rotary_half(tk, tc, ts, tp)), repeats)
+    progress.step(f"jax {name}")
+    if jax_rotate is not None and order == "head-major":
+        import jax.numpy as jnp
+
+        jq, jk = jnp.asarray(q), jnp.asarray(k)
+        jc = jnp.asarray(np.asarray(cos)[positions][:, None].astype(dtype))
+        js = jnp.asarray(np.asarray(sin)[positions][:, None].astype(dtype))
+        times["jax"] = _per_call(lambda: [a.block_until_ready() for a in jax_rotate(jq, jk, jc, js)], repeats)
+    want = rope.apply(q, k, offset=offsets, seq_axis=seq_axis)  # what they must match
+    for peer in ("mlx", "ggml"):
+        progress.step(f"{peer} {name}")
+        times[peer], why = _peer_cell(preparers[peer], peer, q, k, offsets, seq_axis, rope.base, want, repeats)
+        if why:
+            notes.append(f"{name}: {why}")
+    return times
+
+
+def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the CPU rotation benchmark, print its table, return the results.
+
+    ropeflow and the copies are timed first, for every case, before any other library has run: the thread
+    pools of torch (OpenMP), JAX, MLX and ggml keep spinning after their work, and on a 2-core machine they
+    take the cores from whatever is timed next (microsecond decode calls most of all)."""
     progress = progress or Progress(cpu_steps(quick), enabled=False)
     torch, seed = optional_torch()
+    cases = QUICK_CPU_CASES if quick else CPU_CASES
+    ours = [_ropeflow_times(case, repeats, progress) for case in cases]
     jax_rotate = _jax_rotate()
     peers = _peer_versions()
     machine = describe_cpu() + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch
@@ -162,81 +244,21 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
     res = result("rotate q and k", CPU_COLUMNS, machine)
     progress.echo(f"machine: {machine}")
     progress.echo(f"best of {repeats}; q and k (fewer heads) rotated by RotaryEmbedding.apply at per-sequence "
-                  "offsets; ratios = other / numba\n")
+                  "offsets; ropeflow and the copies timed first, the other libraries after; ratios = other / "
+                  "numba\n")
     progress.echo(f"{'case':32s} {'torch':>9s} {'jax':>9s} {'mlx':>9s} {'ggml':>9s} {'numpy':>9s} {'numba':>9s} "
                   f"{'nb out':>9s} {'copy':>9s} {'new copy':>9s}  torch/numba  numba/new copy  nb out/copy   (ms)")
     peer_notes: list[str] = []
-    for label, shape, k_heads, order, dtype_name in QUICK_CPU_CASES if quick else CPU_CASES:
-        dtype = _np_dtype(dtype_name)
-        b, h, s, d = shape
-        case = f"{label} {order} {dtype_name}"
-        q, _, offsets, positions = _inputs(shape, dtype)
-        k, _, _, _ = _inputs((b, k_heads, s, d), dtype)
-        seq_axis = -2
-        if order == "token-major":
-            q, k = (np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (q, k))
-            seq_axis = -3
-        timings = {}
-        for name in ("numpy", "numba"):
-            progress.step(f"{name} {case}")
-            rope = ropeflow.RotaryEmbedding(d, TABLE_LEN, backend=name)
-            rope.cos_sin(TABLE_LEN)
-            time.sleep(QUIESCE_SECONDS)  # the previous case's peers leave spinning worker threads behind
-            timings[name] = _per_call(lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis), repeats)
-        cos, sin = ropeflow.RotaryEmbedding(d, TABLE_LEN, backend="numpy").cos_sin(TABLE_LEN)
-        progress.step(f"torch {case}")
-        t_torch = math.nan
-        if torch is not None:
-            tdt = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype_name]
-            tc, ts = torch.from_numpy(np.array(cos)).to(tdt), torch.from_numpy(np.array(sin)).to(tdt)
-            tp = torch.from_numpy(positions)
-            as_torch = (lambda a: torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)) \
-                if dtype_name == "bfloat16" else torch.from_numpy
-            tq, tk = as_torch(q), as_torch(k)
-            if order == "token-major":  # the seed's code wants (B, H, S, D): hand it the transposed views
-                tq, tk = tq.transpose(1, 2), tk.transpose(1, 2)
-            t_torch = _per_call(lambda: (seed.apply_rotary_half(tq, tc, ts, tp),
-                                         seed.apply_rotary_half(tk, tc, ts, tp)), repeats)
-        progress.step(f"jax {case}")
-        t_jax = math.nan
-        if jax_rotate is not None and order == "head-major":
-            import jax.numpy as jnp
-
-            jq, jk = jnp.asarray(q), jnp.asarray(k)
-            jc = jnp.asarray(np.asarray(cos)[positions][:, None].astype(dtype))
-            js = jnp.asarray(np.asarray(sin)[positions][:, None].astype(dtype))
-            t_jax = _per_call(lambda: [a.block_until_ready() for a in jax_rotate(jq, jk, jc, js)], repeats)
-        progress.step(f"copy {case}")
-        qo, ko = np.empty_like(q), np.empty_like(k)
-        t_copy = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
-        progress.step(f"new copy {case}")
-        t_new_copy = _per_call(lambda: (q.copy(), k.copy()), repeats)
-        progress.step(f"numba out {case}")
-        t_out = math.nan
-        if label.startswith("prefill"):  # decode: two calls' overhead, not the kernel
-            nb_cos, nb_sin = rope.cos_sin(TABLE_LEN)
-            time.sleep(QUIESCE_SECONDS)
-            t_out = _per_call(lambda: [ropeflow.apply_rotary(x, nb_cos, nb_sin, offset=offsets, seq_axis=seq_axis,
-                                                             out=o, backend="numba") for x, o in ((q, qo), (k, ko))],
-                              repeats)
-        # the other libraries last, so their worker threads cannot disturb this case's other columns
-        want = rope.apply(q, k, offset=offsets, seq_axis=seq_axis)  # what they must match (numba backend)
-        for name in ("mlx", "ggml"):
-            progress.step(f"{name} {case}")
-            timings[name], why = _peer_cell(peers["preparers"][name], name, q, k, offsets, seq_axis, rope.base,
-                                            want, repeats)
-            if why:
-                peer_notes.append(f"{case}: {why}")
-        del want
-        nb = timings["numba"]
-        times = {"torch": t_torch, "jax": t_jax, "mlx": timings["mlx"], "ggml": timings["ggml"],
-                 "numpy": timings["numpy"], "numba": nb, "numba out": t_out, "copy": t_copy, "new copy": t_new_copy}
+    for case, times in zip(cases, ours, strict=True):
+        times.update(_peer_times(case, repeats, progress, torch, seed, jax_rotate, peers["preparers"], peer_notes))
+        label, shape, k_heads, order, dtype_name = case
+        nb = times["numba"]
         res["rows"].append({"case": f"{label} q{shape} k heads {k_heads} {order} {dtype_name}",
-                            "ms": {c: t * 1e3 for c, t in times.items()}})
-        progress.echo(f"{case:32s} {t_torch * 1e3:9.4f} {t_jax * 1e3:9.4f} {timings['mlx'] * 1e3:9.4f} "
-                      f"{timings['ggml'] * 1e3:9.4f} {timings['numpy'] * 1e3:9.4f} "
-                      f"{nb * 1e3:9.4f} {t_out * 1e3:9.4f} {t_copy * 1e3:9.4f} {t_new_copy * 1e3:9.4f}  "
-                      f"{t_torch / nb:10.2f}x {nb / t_new_copy:13.2f}x {t_out / t_copy:11.2f}x")
+                            "ms": {c: times[c] * 1e3 for c in CPU_COLUMNS}})
+        progress.echo(f"{label + ' ' + order + ' ' + dtype_name:32s} "
+                      + " ".join(f"{times[c] * 1e3:9.4f}" for c in CPU_COLUMNS)
+                      + f"  {times['torch'] / nb:10.2f}x {nb / times['new copy']:13.2f}x "
+                        f"{times['numba out'] / times['copy']:11.2f}x")
     if peer_notes:
         res["notes"]["peers"] = peer_notes
         progress.echo("\nempty (nan) peer cells:\n" + "\n".join(f"  {n}" for n in peer_notes))
