@@ -84,10 +84,24 @@ def host_position_ids(ids: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
     return (positions[None, :] if ids.ndim == 1 else positions), hi + 1
 
 
-def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any
-               ) -> tuple[Any, Any] | None:
+def _in_place(out: Any, q: np.ndarray, k: np.ndarray | None, layout: str) -> bool | None:
+    """For ``out``: False (None: new arrays), True (exactly ``(q, k)``, writeable, q and k disjoint, a layout
+    that rotates element for element), or None (any other ``out``: the general path checks it)."""
+    if out is None:
+        return False
+    if type(out) is not tuple or len(out) != 2 or out[0] is not q or out[1] is not k or layout == "deepseek" \
+            or not q.flags.writeable:
+        return None
+    if k is not None and (not k.flags.writeable or np.shares_memory(q, k)):
+        return None
+    return True
+
+
+def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,
+               out: Any = None) -> tuple[Any, Any] | None:
     """``(q_rot, k_rot)`` rotated at ``position_ids`` (when not None) or ``offset + arange(seq)``, or None where
-    the general path must run.
+    the general path must run. ``out``: None (new arrays) or ``(q, k)`` itself (in place; any other ``out``
+    goes to the general path).
 
     q, k: ``(batch, heads, seq, head_dim)`` (``seq_axis=-2``) or ``(batch, seq, heads, head_dim)``
     (``seq_axis=-3``) NumPy arrays; ``k`` may be None. ``rope``: the :class:`~ropeflow.RotaryEmbedding`."""
@@ -121,8 +135,14 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     snap = table._snapshot
     if snap.rows < longest or snap.cos is None:
         return None
-    q_out = np.empty_like(q)
-    k_out = None if k is None else np.empty_like(k)
+    in_place = _in_place(out, q, k, layout)
+    if in_place is None:
+        return None
+    if in_place:
+        q_out, k_out = q, k
+    else:
+        q_out = np.empty_like(q)
+        k_out = None if k is None else np.empty_like(k)
     fresh = getattr(backend, "apply_fresh", None)
     if fresh is not None:
         fresh(q, q_out, k, k_out, snap.cos, snap.sin, positions, layout, dim, seq_axis == -3)
@@ -135,8 +155,8 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     return q_out, k_out
 
 
-def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any
-                     ) -> tuple[Any, Any] | None:
+def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,
+                     out: Any = None) -> tuple[Any, Any] | None:
     """:func:`host_apply` for torch CPU tensors (float16, float32, float64; an int, NumPy or torch
     ``offset``): zero-copy NumPy views in, ``torch.from_numpy`` views of the results out; None where the
     general path must run.
@@ -156,6 +176,11 @@ def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, 
             offset = offset.numpy()
     except (TypeError, RuntimeError):
         return None
+    if out is not None:  # in place, on the tensors' own memory: the caller's tensors are the results
+        if type(out) is not tuple or len(out) != 2 or out[0] is not q or out[1] is not k:
+            return None
+        done = host_apply(rope, q_np, k_np, position_ids, offset, layout, seq_axis, (q_np, k_np))
+        return None if done is None else out
     done = host_apply(rope, q_np, k_np, position_ids, offset, layout, seq_axis)
     if done is None:
         return None

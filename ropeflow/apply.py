@@ -267,24 +267,32 @@ def check_rotary_dim(rotary_dim: Any, x: Any, table_dim: int, name: str = "x") -
     return int(rotary_dim)
 
 
-def check_out(out: Any, x: Any, tables: tuple[Any, ...] = ()) -> None:
+def check_out(out: Any, x: Any, tables: tuple[Any, ...] = (), name: str = "out") -> None:
     """``out`` must be a writeable, native-order array of ``x``'s library, shape and dtype, sharing no memory
-    with the tables."""
+    with the tables (``name``: the parameter, for the messages)."""
     if _xp.is_cupy(out) != _xp.is_cupy(x) or not (_xp.is_numpy(out) or _xp.is_cupy(out)):
-        raise TypeError(f"out: a {type(out).__module__} array for a {type(x).__module__} x")
+        raise TypeError(f"{name}: a {type(out).__module__} array for a {type(x).__module__} x")
     if tuple(out.shape) != tuple(x.shape) or out.dtype.newbyteorder("=") != x.dtype.newbyteorder("="):
-        raise ValueError(f"out: shape {tuple(out.shape)} dtype {out.dtype} must equal x's shape "
+        raise ValueError(f"{name}: shape {tuple(out.shape)} dtype {out.dtype} must equal x's shape "
                          f"{tuple(x.shape)} dtype {x.dtype}")
     if not out.dtype.isnative:
-        raise ValueError(f"out: non-native byte order ({out.dtype.str}); pass a native-order array "
+        raise ValueError(f"{name}: non-native byte order ({out.dtype.str}); pass a native-order array "
                          f"({out.dtype.newbyteorder('=').str}) and convert afterwards")
     if _xp.is_numpy(out):
         if not out.flags.writeable:
-            raise ValueError("out: the array is read-only (a shared cos/sin table, or writeable=False); pass a "
-                             "writeable array, or out=None for a new one")
+            raise ValueError(f"{name}: the array is read-only (a shared cos/sin table, or writeable=False); pass a "
+                             f"writeable array, or {name}=None for a new one")
         for table in tables:
             if np.may_share_memory(out, table):
-                raise ValueError("out: shares memory with the cos/sin tables; pass a separate array")
+                raise ValueError(f"{name}: shares memory with the cos/sin tables; pass a separate array")
+
+
+def shares_memory(a: Any, b: Any, exact: bool = False) -> bool:
+    """Whether arrays ``a`` and ``b`` (one library) overlap in memory: by their bounds (cheap; interleaved
+    views of one buffer count as overlapping), or ``exact`` (element for element: q and k as disjoint views of
+    one qkv buffer do not overlap)."""
+    lib = np if _xp.is_numpy(a) else _xp.cupy_module()
+    return bool((lib.shares_memory if exact else lib.may_share_memory)(a, b))
 
 
 def unaliased(x: Any, out: Any) -> Any:
@@ -292,8 +300,7 @@ def unaliased(x: Any, out: Any) -> Any:
     the kernels rotate in place only element for element."""
     if out is x or _xp.same_view(x, out):
         return x
-    may_share = np.may_share_memory if _xp.is_numpy(x) else _xp.cupy_module().may_share_memory
-    return x.copy() if may_share(x, out) else x
+    return x.copy() if shares_memory(x, out) else x
 
 
 def prepare(

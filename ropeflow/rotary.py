@@ -18,8 +18,18 @@ import numpy as np
 from . import _xp
 from ._cache import Table, publish, shared_table
 from ._hotpath import host_apply, torch_host_apply
-from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata
-from .apply import LAYOUTS, as_4d, check_input, check_layout, check_seq_axis, make_job, positions_of
+from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata, writable_native
+from .apply import (
+    LAYOUTS,
+    as_4d,
+    check_input,
+    check_layout,
+    check_out,
+    check_seq_axis,
+    make_job,
+    positions_of,
+    shares_memory,
+)
 from .backends import BACKEND_NAMES, get_backend, resolve
 from .positions import check_mrope, check_position_ids3, compose_mrope, packed_positions
 from .scaling import (
@@ -57,6 +67,30 @@ def _check_seq_len(seq_len: Any) -> int:
     if seq_len < 0:
         raise ValueError(f"seq_len: must be >= 0, got {seq_len}")
     return int(seq_len)
+
+
+def _native_outs(out: Any, q: Any, k: Any) -> tuple[Any, Any]:
+    """The native (NumPy/CuPy) views ``(q_out, k_out)`` of ``RotaryEmbedding.apply``'s ``out=``, checked against
+    the native ``q`` and ``k`` (shape, dtype, library, writeable; ``q_out`` and ``k_out`` disjoint)."""
+    if type(out) not in (tuple, list) or len(out) != 2:
+        raise TypeError(f"out: expected a pair (q_out, k_out) (k_out None when k is None), got "
+                        f"{type(out).__name__}")
+    if (out[1] is None) != (k is None):
+        raise ValueError("out: k_out must be an array exactly when k is given (out=(q_out, None) for k=None)")
+    natives = []
+    for name, o, x in (("out[0] (q_out)", out[0], q), ("out[1] (k_out)", out[1], k)):
+        if o is None:
+            natives.append(None)
+            continue
+        if type(o) is not np.ndarray:
+            o, origin = to_native(o, name)
+            writable_native(o, origin, name)
+        check_out(o, x, name=name)
+        natives.append(o)
+    q_out, k_out = natives
+    if k_out is not None and shares_memory(q_out, k_out, exact=True):
+        raise ValueError("out: q_out and k_out overlap in memory; pass disjoint arrays")
+    return q_out, k_out
 
 
 class RotaryEmbedding:
@@ -298,9 +332,14 @@ class RotaryEmbedding:
                              "positions in float32, exact only below 2**24; use precision='exact'")
 
     def apply(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0, layout: str | None = None,
-              seq_axis: int = -2, cu_seqlens: Any = None) -> tuple[Any, Any]:
+              seq_axis: int = -2, cu_seqlens: Any = None, out: Any = None) -> tuple[Any, Any]:
         """Rotate ``q`` and ``k`` (``(batch, heads, seq, head_dim)``; head counts and head dims may differ, as in
         grouped-query attention; ``k=None`` rotates ``q`` alone) and return new arrays ``(q_rot, k_rot)``.
+
+        ``out=(q_out, k_out)`` (``k_out`` None when ``k`` is): write the results there instead and return them;
+        ``out=(q, k)`` rotates in place (no allocation: a large prefill then runs at copy speed). Each must have
+        its input's shape, dtype and library and be writeable; outputs that overlap the inputs are computed as
+        if the inputs had been copied first, and ``q_out`` and ``k_out`` must not overlap each other.
 
         Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,
         which follows this instance's scaling and dynamic policy. Channels past ``dim`` pass through.
@@ -316,9 +355,9 @@ class RotaryEmbedding:
             layout = self.layout
         if cu_seqlens is None:  # a table hit on host arrays: the hot path, else None
             if type(q) is np.ndarray:
-                done = host_apply(self, q, k, position_ids, offset, layout, seq_axis)
+                done = host_apply(self, q, k, position_ids, offset, layout, seq_axis, out)
             elif library_of(q) == "torch":
-                done = torch_host_apply(self, q, k, position_ids, offset, layout, seq_axis)
+                done = torch_host_apply(self, q, k, position_ids, offset, layout, seq_axis, out)
             else:
                 done = None
             if done is not None:
@@ -349,6 +388,13 @@ class RotaryEmbedding:
                 raise ValueError(f"k: shape {tuple(k.shape)} has (batch, seq) = {(k4.shape[0], k4.shape[2])}, q "
                                  f"shape {tuple(q.shape)} has {(q4.shape[0], q4.shape[2])}; they must be equal")
             _check_head_dim(k, self.dim, "k")
+        q_out = k_out = None
+        if out is not None:
+            q_out, k_out = _native_outs(out, q, k)
+            if k is not None and shares_memory(k, q_out, exact=True):
+                k = k.copy()  # q's results would overwrite k before k is read
+            if k is not None and shares_memory(q, k_out, exact=True):
+                q = q.copy()
         backend = resolve(self._requested_backend, q)
         xp = _xp.array_module(q)
         n_batch, n_seq = int(q4.shape[0]), int(q4.shape[2])
@@ -382,9 +428,11 @@ class RotaryEmbedding:
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
         job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
         with _xp.device_scope(q):
-            q_job = make_job(backend, q, None, *job_args)
-            k_job = None if k is None else make_job(backend, k, None, *job_args)
+            q_job = make_job(backend, q, q_out, *job_args)
+            k_job = None if k is None else make_job(backend, k, k_out, *job_args)
         q_job.run(k_job)
+        if out is not None:
+            return tuple(out)
         return from_native(q_job.out, origin), None if k_job is None else from_native(k_job.out, origin)
 
     def cos_sin(self, seq_len: int, dtype: Any = "float32", *, like: Any = None) -> tuple[Any, Any]:

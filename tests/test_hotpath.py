@@ -271,3 +271,98 @@ def test_position_ids_rows():
     positions, longest = host_position_ids(np.array([[1], [7]]), 2, 1)
     np.testing.assert_array_equal(positions, [[1], [7]])
     assert longest == 8
+
+
+# ----------------------------------------------------------------------------- out= (results where the caller says)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("layout", ["half", "interleaved", "deepseek"])
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_out_in_place_equals_new_arrays(backend, layout, with_ids):
+    """``out=(q, k)`` rotates in place (the hot path for element-wise layouts, the general path for "deepseek")
+    and returns the caller's arrays, with the bits of the new-array call; ``out`` arrays of any kind give the
+    same bits too."""
+    rope = _rope(backend)
+    q, k = _qk((3, 4, 2, 20), (3, 2, 2, 16), np.float32, seed=7)
+    ids = np.array([[0, 5], [9, 1], [60, 2]])
+    kwargs = {"position_ids": ids} if with_ids else {"offset": np.array([0, 7, 40])}
+    want_q, want_k = rope.apply(q, k, layout=layout, **kwargs)
+    q_in, k_in = q.copy(), k.copy()
+    got = rope.apply(q_in, k_in, layout=layout, out=(q_in, k_in), **kwargs)
+    assert got[0] is q_in and got[1] is k_in
+    np.testing.assert_array_equal(q_in, want_q)
+    np.testing.assert_array_equal(k_in, want_k)
+    q_out, k_out = np.full_like(q, np.nan), np.full_like(k, np.nan)
+    got = rope.apply(q, k, layout=layout, out=[q_out, k_out], **kwargs)
+    assert got[0] is q_out and got[1] is k_out
+    np.testing.assert_array_equal(q_out, want_q)
+    np.testing.assert_array_equal(k_out, want_k)
+    alone = np.empty_like(q)
+    assert rope.apply(q, None, layout=layout, out=(alone, None), **kwargs)[0] is alone
+    np.testing.assert_array_equal(alone, want_q)
+
+
+def test_out_in_place_of_views_of_one_buffer_and_crossed_overlaps():
+    """q and k as views of one qkv buffer, rotated in place; outputs crossing over the other input (q's results
+    written over k) are computed as if the inputs had been copied first."""
+    rope = _rope()
+    qkv = np.random.default_rng(8).standard_normal((2, 6, 3, 16)).astype(np.float32)
+    q, k = qkv[:, :4], qkv[:, 4:]
+    want_q, want_k = rope.apply(q, k, offset=3)
+    rope.apply(q, k, offset=3, out=(q, k))
+    np.testing.assert_array_equal(qkv[:, :4], want_q)
+    np.testing.assert_array_equal(qkv[:, 4:], want_k)
+    a, b = _qk((2, 2, 3, 16), (2, 2, 3, 16), np.float32, seed=9)
+    want_a, want_b = rope.apply(a, b, offset=1)
+    rope.apply(a, b, offset=1, out=(b, a))  # swapped: each output is the other input
+    np.testing.assert_array_equal(b, want_a)
+    np.testing.assert_array_equal(a, want_b)
+
+
+@pytest.mark.parametrize("case", ["not a pair", "k_out missing", "k_out for no k", "wrong shape", "wrong dtype",
+                                  "read-only", "overlapping outs", "list out"])
+def test_out_errors_name_the_parameter_and_change_nothing(case):
+    rope = RotaryEmbedding(16, TABLE)
+    q, k = _qk((2, 4, 3, 16), (2, 2, 3, 16), np.float32)
+    kk = k
+    if case == "not a pair":
+        out, err = np.empty_like(q), (TypeError, "out: expected a pair")
+    elif case == "k_out missing":
+        out, err = (np.empty_like(q), None), (ValueError, "k_out must be an array exactly when k")
+    elif case == "k_out for no k":
+        out, err, kk = (np.empty_like(q), np.empty_like(k)), (ValueError, "k_out must be an array"), None
+    elif case == "wrong shape":
+        out, err = (np.empty_like(q), np.empty_like(q)), (ValueError, r"out\[1\] \(k_out\): shape")
+    elif case == "wrong dtype":
+        out, err = (np.empty_like(q, dtype=np.float64), np.empty_like(k)), (ValueError, r"out\[0\] \(q_out\)")
+    elif case == "read-only":
+        ro = np.empty_like(q)
+        ro.flags.writeable = False
+        out, err = (ro, np.empty_like(k)), (ValueError, r"out\[0\] \(q_out\): the array is read-only")
+    elif case == "overlapping outs":
+        buf = np.empty((2, 4, 3, 16), np.float32)
+        out, err = (buf, buf[:, :2]), (ValueError, "q_out and k_out overlap")
+    else:
+        out, err = [np.empty_like(q)], (TypeError, "out: expected a pair")
+    with pytest.raises(err[0], match=err[1]):
+        rope.apply(q, kk, offset=1, out=out)
+    assert rope.cache_info()["builds"] == 0  # checked before any table was built
+
+
+def test_torch_out_in_place():
+    torch = pytest.importorskip("torch")
+    rope = _rope()
+    q, k = _qk((3, 4, 1, 16), (3, 2, 1, 16), np.float32, seed=4)
+    want_q, want_k = rope.apply(q, k, offset=np.array([1, 2, 3]))
+    qt, kt = torch.from_numpy(q.copy()), torch.from_numpy(k.copy())
+    offset = torch.tensor([1, 2, 3])
+    got = rope.apply(qt, kt, offset=offset, out=(qt, kt))  # the hot path
+    assert got[0] is qt and got[1] is kt
+    np.testing.assert_array_equal(qt.numpy(), want_q)
+    np.testing.assert_array_equal(kt.numpy(), want_k)
+    q_out, k_out = torch.empty_like(qt), torch.empty_like(kt)
+    got = rope.apply(torch.from_numpy(q), torch.from_numpy(k), offset=offset, out=(q_out, k_out))  # general path
+    assert got[0] is q_out and got[1] is k_out
+    np.testing.assert_array_equal(q_out.numpy(), want_q)
+    np.testing.assert_array_equal(k_out.numpy(), want_k)
+    with pytest.raises(TypeError, match=r"out\[0\] \(q_out\)"):
+        rope.apply(qt, kt, offset=offset, out=(torch.zeros(3, 4, 1, 16).requires_grad_(True), k_out))

@@ -661,10 +661,11 @@ class NumbaBackend:
                     cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, layout: str, rotary_dim: int,
                     token_major: bool) -> None:
         """:meth:`apply` (forward) into ``out``/``k_out`` freshly allocated by the caller, so that they share
-        no memory with anything: the hot path's entry, without the aliasing checks. With ``token_major`` the
-        arrays are (B, S, H, D) (``seq_axis=-3``), else (B, H, S, D)."""
+        no memory with anything, or in place (``out is x``, ``k_out is k``; not "deepseek"): the hot path's
+        entry, without the aliasing checks. With ``token_major`` the arrays are (B, S, H, D) (``seq_axis=-3``),
+        else (B, H, S, D)."""
         flags = _LAYOUT_CODES[layout]
-        if rotary_dim < x.shape[3]:
+        if rotary_dim < x.shape[3] and out is not x:
             flags |= _COPY_Q
         view = _RAW_VIEWS.get(x.dtype.char)
         if view is not None:
@@ -672,7 +673,7 @@ class NumbaBackend:
         if k is None:
             k, k_out = x, out
         else:
-            flags |= _WITH_K | (_COPY_K if rotary_dim < k.shape[3] else 0)
+            flags |= _WITH_K | (_COPY_K if rotary_dim < k.shape[3] and k_out is not k else 0)
             if view is not None:
                 k, k_out = k.view(view), k_out.view(view)
         _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, token_major)
