@@ -493,27 +493,28 @@ def _rotate_deepseek(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
 
 
 def _tile_walker(rotate_row: Any) -> Any:
-    """A function rotating, with ``rotate_row``, every head of batch ``b`` at sequence indices ``s0 .. s0 +
-    n_pos - 1`` in memory order: (seq, head) for token-major arrays (passed as (B, S, H, D)), (head, seq) for
-    head-major ones ((B, H, S, D)). Inlined into the kernel (not cached on its own)."""
+    """A function rotating, with ``rotate_row``, every head at sequence indices ``s0 .. s0 + n_pos - 1`` of
+    batch row ``b`` of ``out``, reading them from ``x`` at batch row ``xb`` and sequence indices ``xs0 ..``
+    (``x`` is the input itself, or a scratch copy of the tile for in-place calls), in memory order: (seq, head)
+    for token-major arrays (passed as (B, S, H, D)), (head, seq) for head-major ones ((B, H, S, D)). Inlined
+    into the kernel (not cached on its own)."""
 
     @njit(inline="always", **_OPTIONS)
-    def walk(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner):
+    def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner):
         if seq_inner:  # head-major memory, several positions: each head's rows are consecutive
-            for h in range(x.shape[1]):
+            for h in range(out.shape[1]):
                 for t in range(n_pos):
-                    rotate_row(x[b, h, s0 + t], out[b, h, s0 + t], c_tile[t], s_tile[t], half, rotary_dim,
+                    rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_tile[t], s_tile[t], half, rotary_dim,
                                copy_rest)
             return
         for t in range(n_pos):
             c_row, s_row = c_tile[t], s_tile[t]  # one view per position, not per row: it shows in decode
-            s = s0 + t
             if token_major:
-                for h in range(x.shape[2]):
-                    rotate_row(x[b, s, h], out[b, s, h], c_row, s_row, half, rotary_dim, copy_rest)
+                for h in range(out.shape[2]):
+                    rotate_row(x[xb, xs0 + t, h], out[b, s0 + t, h], c_row, s_row, half, rotary_dim, copy_rest)
             else:
-                for h in range(x.shape[1]):
-                    rotate_row(x[b, h, s], out[b, h, s], c_row, s_row, half, rotary_dim, copy_rest)
+                for h in range(out.shape[1]):
+                    rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_row, s_row, half, rotary_dim, copy_rest)
 
     return walk
 
@@ -524,21 +525,60 @@ _walk_deepseek = _tile_walker(_rotate_deepseek)
 
 
 @_jit()
-def _rotate_tile(x, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
                  seq_inner):
     """The tile's rows of one tensor, with the layout chosen once per tile (layout: 0 "half", 1
     "interleaved", 2 "deepseek")."""
     if layout == 0:
-        _walk_half(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
+        _walk_half(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
+                   seq_inner)
     elif layout == 1:
-        _walk_interleaved(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
+        _walk_interleaved(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
+                          seq_inner)
     else:
-        _walk_deepseek(x, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner)
+        _walk_deepseek(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
+                       seq_inner)
 
 
-# Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of seven arguments: Numba's
+@_jit(inline="always")
+def _scratch(x, tile, token_major, needed):
+    """A C-contiguous buffer for one tile of ``x`` ((1, tile, H, D) token-major, (1, H, tile, D) head-major),
+    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_rotate_tensor`)."""
+    if not needed:
+        return np.empty((1, 1, 1, 1), dtype=x.dtype)
+    if token_major:
+        return np.empty((1, tile, x.shape[2], x.shape[3]), dtype=x.dtype)
+    return np.empty((1, x.shape[1], tile, x.shape[3]), dtype=x.dtype)
+
+
+@_jit(inline="always")
+def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                   token_major, seq_inner):
+    """One tile of one tensor. In place (``out`` is ``x``), the tile's rows are first copied to ``scratch``
+    and rotated from there: LLVM vectorizes a row loop only behind a runtime check that its input and output
+    do not overlap, so rows rotated onto themselves would run scalar."""
+    if not in_place:
+        _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+                     seq_inner)
+        return
+    if token_major:
+        for t in range(n_pos):
+            for h in range(x.shape[2]):
+                for d in range(rotary_dim):
+                    scratch[0, t, h, d] = x[b, s0 + t, h, d]
+    else:
+        for h in range(x.shape[1]):
+            for t in range(n_pos):
+                for d in range(rotary_dim):
+                    scratch[0, h, t, d] = x[b, h, s0 + t, d]
+    zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
+    _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
+                 copy_rest and not in_place, token_major, seq_inner)
+
+
+# Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
 # dispatcher types every argument on every call, about 0.1 us each). Bits 0-1 hold the layout code.
-_INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER = 4, 8, 16, 32, 64, 128
+_INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER, _SAME_Q, _SAME_K = 4, 8, 16, 32, 64, 128, 256, 512
 
 
 @_parallel_kernel
@@ -550,13 +590,16 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     chunks, one parallel iteration each (at most ``max_chunks``). positions: (B, S) or (1, S) rows of cos/sin.
 
     flags: the layout code (0 "half", 1 "interleaved", 2 "deepseek") in bits 0-1, and the ``_INVERSE``,
-    ``_COPY_Q``/``_COPY_K`` (pass channels past ``rotary_dim`` through), ``_TOKEN_MAJOR``, ``_WITH_K`` and
-    ``_SEQ_INNER`` bits. Arrays are (B, H, S, D), any strides; with ``_TOKEN_MAJOR`` they are passed as (B, S,
-    H, D) (their memory order, typically C-contiguous, so that the rows are unit-stride for LLVM)."""
+    ``_COPY_Q``/``_COPY_K`` (pass channels past ``rotary_dim`` through), ``_TOKEN_MAJOR``, ``_WITH_K``,
+    ``_SEQ_INNER`` and ``_SAME_Q``/``_SAME_K`` (in place: ``out`` is the same view as ``x``; not for "deepseek",
+    which moves channels within a row) bits. Arrays are (B, H, S, D), any strides; with ``_TOKEN_MAJOR`` they
+    are passed as (B, S, H, D) (their memory order, typically C-contiguous, so that the rows are unit-stride
+    for LLVM)."""
     layout = flags & 3
     sign = -1.0 if flags & _INVERSE else 1.0
     copy_q, copy_k = (flags & _COPY_Q) != 0, (flags & _COPY_K) != 0
     token_major, with_k, seq_inner = (flags & _TOKEN_MAJOR) != 0, (flags & _WITH_K) != 0, (flags & _SEQ_INNER) != 0
+    same_q, same_k = (flags & _SAME_Q) != 0, (flags & _SAME_K) != 0
     n_batch = x.shape[0]
     n_seq = x.shape[1] if token_major else x.shape[2]
     half = rotary_dim // 2
@@ -567,6 +610,8 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     for chunk in prange(n_chunks):
         c_tile = np.empty((tile, half), dtype=np.float64)
         s_tile = np.empty((tile, half), dtype=np.float64)
+        x_scratch = _scratch(x, tile, token_major, same_q)
+        k_scratch = _scratch(k, tile, token_major, same_k and with_k)
         for g in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
             b = g // tiles_per_row
             s0 = (g - b * tiles_per_row) * tile
@@ -576,11 +621,11 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
                 for j in range(half):
                     c_tile[t, j] = np.float64(cos[p, j])
                     s_tile[t, j] = sign * np.float64(sin[p, j])
-            _rotate_tile(x, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q, token_major,
-                         seq_inner)
+            _rotate_tensor(x, out, x_scratch, same_q, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
+                           token_major, seq_inner)
             if with_k:
-                _rotate_tile(k, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k, token_major,
-                             seq_inner)
+                _rotate_tensor(k, k_out, k_scratch, same_k, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
+                               copy_k, token_major, seq_inner)
 
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
@@ -638,8 +683,7 @@ class NumbaBackend:
         (the serial twin: same code, same bits), since waking the thread pool costs more than it saves.
         """
         flags = _LAYOUT_CODES[layout] | (_INVERSE if inverse else 0)
-        if rotary_dim < x.shape[-1] and not same_view(x, out):
-            flags |= _COPY_Q
+        flags |= _tensor_flags(x, out, layout, rotary_dim, _COPY_Q, _SAME_Q)
         if layout == "deepseek" and np.may_share_memory(x, out):
             x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
         view = _RAW_VIEWS.get(x.dtype.char)
@@ -648,9 +692,7 @@ class NumbaBackend:
         if k is None:
             k, k_out = x, out
         else:
-            flags |= _WITH_K
-            if rotary_dim < k.shape[-1] and not same_view(k, k_out):
-                flags |= _COPY_K
+            flags |= _WITH_K | _tensor_flags(k, k_out, layout, rotary_dim, _COPY_K, _SAME_K)
             if layout == "deepseek" and np.may_share_memory(k, k_out):
                 k = k.copy()
             if view is not None:
@@ -665,7 +707,9 @@ class NumbaBackend:
         entry, without the aliasing checks. With ``token_major`` the arrays are (B, S, H, D) (``seq_axis=-3``),
         else (B, H, S, D)."""
         flags = _LAYOUT_CODES[layout]
-        if rotary_dim < x.shape[3] and out is not x:
+        if out is x:
+            flags |= _SAME_Q
+        elif rotary_dim < x.shape[3]:
             flags |= _COPY_Q
         view = _RAW_VIEWS.get(x.dtype.char)
         if view is not None:
@@ -673,10 +717,19 @@ class NumbaBackend:
         if k is None:
             k, k_out = x, out
         else:
-            flags |= _WITH_K | (_COPY_K if rotary_dim < k.shape[3] and k_out is not k else 0)
+            flags |= _WITH_K | (_SAME_K if k_out is k else _COPY_K if rotary_dim < k.shape[3] else 0)
             if view is not None:
                 k, k_out = k.view(view), k_out.view(view)
         _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, token_major)
+
+
+def _tensor_flags(x: np.ndarray, out: np.ndarray, layout: str, rotary_dim: int, copy_bit: int, same_bit: int
+                  ) -> int:
+    """``same_bit`` for an in-place rotation (``out`` the same view as ``x``) of an element-wise layout,
+    ``copy_bit`` when ``out`` is another array and channels past ``rotary_dim`` must be copied, else 0."""
+    if same_view(x, out):
+        return 0 if layout == "deepseek" else same_bit  # "deepseek" in place rotates a copy of x
+    return copy_bit if rotary_dim < x.shape[-1] else 0
 
 
 def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray, k_out: np.ndarray, cos: np.ndarray, sin: np.ndarray,
