@@ -65,12 +65,19 @@ def _np_dtype(name: str) -> np.dtype:
 
 def _per_call(fn: Any, repeats: int, min_seconds: float = 0.02) -> float:
     """Seconds per call: the best over ``repeats`` rounds of the mean of enough back-to-back calls to fill
-    ``min_seconds`` (decode calls take microseconds: one call is below the timer's noise)."""
+    ``min_seconds`` (decode calls take microseconds: one call is below the timer's noise). Each call's result
+    is dropped before the next call, as in a decode loop: kept, thousands of results would make every call
+    fault in fresh memory."""
     fn()
     calls = 1
-    while best_of(lambda: [fn() for _ in range(calls)], 1) < min_seconds and calls < 1 << 16:
+
+    def batch() -> None:
+        for _ in range(calls):
+            fn()
+
+    while best_of(batch, 1) < min_seconds and calls < 1 << 16:
         calls *= 4
-    return best_of(lambda: [fn() for _ in range(calls)], repeats) / calls
+    return best_of(batch, repeats) / calls
 
 
 def _jax_rotate() -> Any:
