@@ -58,6 +58,9 @@ def main() -> None:
             idt = torch.from_numpy(idn)
             cases[f"apply(q, k, position_ids (B, 1)) decode, {n_seqs} seq"] = (
                 lambda: rope.apply(qn, kn, idn), lambda: rope.apply(qt, kt, idt))
+            cases["in place, out=(q, k), offset int, 8 seq"] = (
+                lambda: rope.apply(qn, kn, offset=100, out=(qn, kn)),
+                lambda: rope.apply(qt, kt, offset=100, out=(qt, kt)))
             cases["cache hit rope(x)"] = (lambda: rope(qn), lambda: rope(qt))
             outs = rope.apply(qn, kn, offset=offn)
             cases["torch conversions alone: 3x numpy(), 2x from_numpy (numpy column: nothing)"] = (

@@ -541,6 +541,14 @@ def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, ro
 
 
 @_jit(inline="always")
+def _copy_row(src, dst, n):
+    """``dst[:n] = src[:n]`` for 1-D rows (unsigned indices: a vectorized copy, as in the row loops)."""
+    for i in range(n):
+        u = np.uint64(i)
+        dst[u] = src[u]
+
+
+@_jit(inline="always")
 def _scratch(x, tile, token_major, needed):
     """A C-contiguous buffer for one tile of ``x`` ((1, tile, H, D) token-major, (1, H, tile, D) head-major),
     or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_rotate_tensor`)."""
@@ -564,13 +572,11 @@ def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layo
     if token_major:
         for t in range(n_pos):
             for h in range(x.shape[2]):
-                for d in range(rotary_dim):
-                    scratch[0, t, h, d] = x[b, s0 + t, h, d]
+                _copy_row(x[b, s0 + t, h], scratch[0, t, h], rotary_dim)
     else:
         for h in range(x.shape[1]):
             for t in range(n_pos):
-                for d in range(rotary_dim):
-                    scratch[0, h, t, d] = x[b, h, s0 + t, d]
+                _copy_row(x[b, h, s0 + t], scratch[0, h, t], rotary_dim)
     zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
     _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
                  copy_rest and not in_place, token_major, seq_inner)
