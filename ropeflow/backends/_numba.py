@@ -692,17 +692,10 @@ class NumbaBackend:
         flags |= _tensor_flags(x, out, layout, rotary_dim, _COPY_Q, _SAME_Q)
         if layout == "deepseek" and np.may_share_memory(x, out):
             x = x.copy()  # channels move within a row: an in-place permutation needs the input intact
-        view = _RAW_VIEWS.get(x.dtype.char)
-        if view is not None:
-            x, out = x.view(view), out.view(view)
-        if k is None:
-            k, k_out = x, out
-        else:
-            flags |= _WITH_K | _tensor_flags(k, k_out, layout, rotary_dim, _COPY_K, _SAME_K)
+        if k is not None:
+            flags |= _tensor_flags(k, k_out, layout, rotary_dim, _COPY_K, _SAME_K)
             if layout == "deepseek" and np.may_share_memory(k, k_out):
                 k = k.copy()
-            if view is not None:
-                k, k_out = k.view(view), k_out.view(view)
         _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, False)
 
     def apply_fresh(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
@@ -717,15 +710,8 @@ class NumbaBackend:
             flags |= _SAME_Q
         elif rotary_dim < x.shape[3]:
             flags |= _COPY_Q
-        view = _RAW_VIEWS.get(x.dtype.char)
-        if view is not None:
-            x, out = x.view(view), out.view(view)
-        if k is None:
-            k, k_out = x, out
-        else:
-            flags |= _WITH_K | (_SAME_K if k_out is k else _COPY_K if rotary_dim < k.shape[3] else 0)
-            if view is not None:
-                k, k_out = k.view(view), k_out.view(view)
+        if k is not None:
+            flags |= _SAME_K if k_out is k else _COPY_K if rotary_dim < k.shape[3] else 0
         _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, token_major)
 
 
@@ -738,11 +724,19 @@ def _tensor_flags(x: np.ndarray, out: np.ndarray, layout: str, rotary_dim: int, 
     return copy_bit if rotary_dim < x.shape[-1] else 0
 
 
-def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray, k_out: np.ndarray, cos: np.ndarray, sin: np.ndarray,
-            positions: np.ndarray, flags: int, rotary_dim: int, token_major: bool) -> None:
-    """Choose the walk and the kernel, then run :func:`_apply_tiles`. The arrays are (B, H, S, D), or (B, S,
-    H, D) with ``token_major``; they are walked in memory order: token-major when the head stride is the
-    smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise."""
+def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None, cos: np.ndarray,
+            sin: np.ndarray, positions: np.ndarray, flags: int, rotary_dim: int, token_major: bool) -> None:
+    """Choose the walk and the kernel, then run :func:`_apply_tiles` (``k`` None: q alone). The arrays are (B,
+    H, S, D), or (B, S, H, D) with ``token_major``; they are walked in memory order: token-major when the head
+    stride is the smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise. float16 and bfloat16
+    arrays travel as 16-bit integer views."""
+    if k is None:
+        k, k_out = x, out
+    else:
+        flags |= _WITH_K
+    view = _RAW_VIEWS.get(x.dtype.char)
+    if view is not None:
+        x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
     head_axis, seq_axis = (2, 1) if token_major else (1, 2)
     n_seq = x.shape[seq_axis]
     if n_seq > 1:
