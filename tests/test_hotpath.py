@@ -366,3 +366,16 @@ def test_torch_out_in_place():
     np.testing.assert_array_equal(k_out.numpy(), want_k)
     with pytest.raises(TypeError, match=r"out\[0\] \(q_out\)"):
         rope.apply(qt, kt, offset=offset, out=(torch.zeros(3, 4, 1, 16).requires_grad_(True), k_out))
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("n_seq", [1, 20])  # 20: more than one tile of positions
+def test_out_in_place_token_major_and_half_precision(dtype_name, n_seq):
+    dtype = _dtype(dtype_name)
+    rope = _rope()
+    q, k = _qk((2, n_seq, 4, 16), (2, n_seq, 2, 16), dtype, seed=12)
+    offset = np.array([3, 40])
+    want_q, want_k = rope.apply(q, k, offset=offset, seq_axis=-3)
+    rope.apply(q, k, offset=offset, seq_axis=-3, out=(q, k))
+    np.testing.assert_array_equal(q.view(np.uint8), want_q.view(np.uint8))
+    np.testing.assert_array_equal(k.view(np.uint8), want_k.view(np.uint8))
