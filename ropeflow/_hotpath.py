@@ -42,6 +42,15 @@ def _late_table_dtype(dtype: np.dtype) -> str | None:
     return "float32"
 
 
+def _bounds(a: np.ndarray) -> tuple[int, int]:
+    """``(min, max)`` of an integer array as exact Python ints: up to :data:`_LIST_CHECK` values through a
+    list (faster than two reductions), more by reductions."""
+    if a.size <= _LIST_CHECK:
+        values = a.ravel().tolist()
+        return min(values), max(values)
+    return int(a.min()), int(a.max())
+
+
 def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, int] | None:
     """``(positions, longest)`` for ``offset + arange(n_seq)``: ``(1, n_seq)`` or ``(n_batch, n_seq)`` int64
     rows and the largest position + 1; None when ``offset`` is not a valid int or ``(n_batch,)`` integer
@@ -53,11 +62,7 @@ def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
     if type(offset) is not np.ndarray or offset.ndim != 1 or offset.shape[0] != n_batch \
             or offset.dtype.kind not in "iu":
         return None
-    if n_batch <= _LIST_CHECK:
-        values = offset.tolist()
-        lo, hi = min(values), max(values)
-    else:
-        lo, hi = int(offset.min()), int(offset.max())
+    lo, hi = _bounds(offset)
     if lo < 0 or hi > MAX_POSITION - n_seq:
         return None
     starts = offset if offset.dtype == np.int64 else offset.astype(np.int64)
@@ -73,11 +78,7 @@ def host_position_ids(ids: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
         return None
     if ids.shape != ((n_seq,) if ids.ndim == 1 else (n_batch, n_seq)):
         return None
-    if ids.size <= _LIST_CHECK:
-        values = ids.ravel().tolist()
-        lo, hi = min(values), max(values)
-    else:
-        lo, hi = int(ids.min()), int(ids.max())
+    lo, hi = _bounds(ids)
     if lo < 0 or hi > MAX_POSITION:
         return None
     positions = ids if ids.dtype == np.int64 else ids.astype(np.int64)

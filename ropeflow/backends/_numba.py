@@ -434,10 +434,12 @@ TILE = 16
 
 
 @_jit(inline="always")
-def _copy_rest(xr, orow, rotary_dim):
-    """Channels ``rotary_dim ..`` of a row pass through unrotated."""
-    for k in range(rotary_dim, xr.shape[0]):
-        orow[k] = xr[k]
+def _copy_channels(src, dst, start, stop):
+    """``dst[start:stop] = src[start:stop]`` for 1-D rows, with unsigned indices (a vectorized copy, as in the
+    row loops): the channels past ``rotary_dim`` passed through, or a row copied to the in-place scratch."""
+    for i in range(start, stop):
+        u = np.uint64(i)
+        dst[u] = src[u]
 
 
 # One row of each layout: its pairs rotated by float64 ``c_row``/``s_row`` (``half`` angles, sign applied),
@@ -458,7 +460,7 @@ def _rotate_half(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
         _put(orow, j1, x1 * c - x2 * sn)
         _put(orow, j2, x2 * c + x1 * sn)
     if copy_rest:
-        _copy_rest(xr, orow, rotary_dim)
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
 @_jit(inline="always")
@@ -473,7 +475,7 @@ def _rotate_interleaved(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
         _put(orow, e, x1 * c - x2 * sn)
         _put(orow, e + np.uint64(1), x2 * c + x1 * sn)
     if copy_rest:
-        _copy_rest(xr, orow, rotary_dim)
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
 @_jit(inline="always")
@@ -489,7 +491,7 @@ def _rotate_deepseek(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
         _put(orow, j1, x1 * c - x2 * sn)
         _put(orow, j1 + uhalf, x2 * c + x1 * sn)
     if copy_rest:
-        _copy_rest(xr, orow, rotary_dim)
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
 def _tile_walker(rotate_row: Any) -> Any:
@@ -541,14 +543,6 @@ def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, ro
 
 
 @_jit(inline="always")
-def _copy_row(src, dst, n):
-    """``dst[:n] = src[:n]`` for 1-D rows (unsigned indices: a vectorized copy, as in the row loops)."""
-    for i in range(n):
-        u = np.uint64(i)
-        dst[u] = src[u]
-
-
-@_jit(inline="always")
 def _scratch(x, tile, token_major, needed):
     """A C-contiguous buffer for one tile of ``x`` ((1, tile, H, D) token-major, (1, H, tile, D) head-major),
     or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_rotate_tensor`)."""
@@ -572,11 +566,11 @@ def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layo
     if token_major:
         for t in range(n_pos):
             for h in range(x.shape[2]):
-                _copy_row(x[b, s0 + t, h], scratch[0, t, h], rotary_dim)
+                _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_dim)
     else:
         for h in range(x.shape[1]):
             for t in range(n_pos):
-                _copy_row(x[b, h, s0 + t], scratch[0, h, t], rotary_dim)
+                _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
     zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
     _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
                  copy_rest and not in_place, token_major, seq_inner)
