@@ -281,7 +281,12 @@ _REBIAS = (15 - 127) << 23
 def _encode_f16(v):
     """float64 -> float16 bits (uint16), rounded once to nearest even: branch-free (selects), vectorizable.
     ``v`` is first rounded to float32 to odd, then that to float16 to nearest even (one rounding overall)."""
-    f = np.int64(_odd_f32_bits(v)) & 0xFFFFFFFF
+    return _f16_bits_of_f32_bits(np.int64(_odd_f32_bits(v)) & 0xFFFFFFFF)
+
+
+@_jit(inline="always")
+def _f16_bits_of_f32_bits(f):
+    """float32 bits (in the low 32 bits of an int64) -> float16 bits (uint16), rounded to nearest even."""
     sign = (f >> 16) & 0x8000
     a = f & 0x7FFFFFFF
     special = 0x7E00 if a > _F32_INF else 0x7C00  # NaN stays a quiet NaN; inf and overflow give inf
@@ -292,15 +297,20 @@ def _encode_f16(v):
 
 
 @_jit(inline="always")
-def _decode_f16(bits):
-    """float16 bits (uint16) -> float64, exactly: the exponent moved into float32's, subnormals rescaled by
+def _decode_f16_f32(bits):
+    """float16 bits (uint16) -> float32, exactly: the exponent moved into float32's, subnormals rescaled by
     an exact float32 multiply, inf/NaN kept."""
     h = np.int32(bits)
     em = h & 0x7FFF
     f = _bits_f32(np.int32(em << 13)) * np.float32(2.0**112)  # normal and subnormal values, exact
     f = _bits_f32(np.int32((em << 13) | _F32_INF)) if em >= 0x7C00 else f
-    v = np.float64(f)
-    return -v if (h & 0x8000) != 0 else v
+    return -f if (h & 0x8000) != 0 else f
+
+
+@_jit(inline="always")
+def _decode_f16(bits):
+    """float16 bits (uint16) -> float64, exactly (see :func:`_decode_f16_f32`)."""
+    return np.float64(_decode_f16_f32(bits))
 
 
 @intrinsic
@@ -428,9 +438,219 @@ def _put_impl(row, i, v):
     return put_float
 
 
+# ------------------------------------------------------------ float16 / bfloat16 in float32, certified
+# float16 and bfloat16 rows with float32 tables are rotated in float32 (8 lanes per AVX2 vector instead of
+# float64's 4), and each result is *proved* equal to the float64 kernel's (the once-rounded exact value):
+#
+#   r, t = the float32 dot product x1*c + x2*s and its error scale, with |exact - r| <= 2**-24 * t
+#   e    = t * 3 * 2**-24                         # at least twice that bound, after float32 rounding
+#   lo, hi = to16(r - e), to16(r + e)             # round to nearest even: monotone
+#
+# Both the exact value and its float64 rounding (the reference's input to the final rounding) lie in
+# [r - e, r + e], so when ``lo == hi`` (and ``e`` is finite) it is the reference's result. Otherwise (about
+# 1 in 600 float16 and 1 in 4000 bfloat16 results of model-like data, and every NaN or inf) the pair is
+# recomputed by the float64 path. The bound needs no underflow allowance because nonzero inputs are at least 2**-50
+# (every float16 is; bfloat16 pairs with a smaller one take the float64 path) and nonzero table values at
+# least 2**-60 (tiles with a smaller one take the float64 path): all products and sums are then multiples
+# of 2**-140 and exact wherever they fall below float32's normal range. The proof is in docs/math.md.
+
+
+def _hardware_fma() -> bool:
+    """Whether the CPU numba compiles for has fused multiply-add (LLVM's ``llvm.fma`` becomes one
+    instruction; elsewhere a library call, so the unfused formula is used)."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    features = numba.config.CPU_FEATURES
+    if features is not None:
+        return "+fma" in features.split(",")
+    from llvmlite import binding
+
+    try:
+        return bool(binding.get_host_cpu_features().get("fma", False))
+    except RuntimeError:  # pragma: no cover - feature detection unavailable on this host
+        return False
+
+
+#: Fused float32 dot products in the certified half-precision path (read at compile time).
+HARDWARE_FMA = _hardware_fma()
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a * b + c`` in float32 with one rounding (LLVM's ``llvm.fma.f32``)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f32 = llvm_ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [f32], llvm_ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@intrinsic
+def _f16_to_f32(typingctx, x):
+    """float16 bits (uint16) -> float32 through LLVM's half type (vcvtph2ps with F16C); exact."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], llvm_ir.HalfType()), llvm_ir.FloatType())
+
+    return sig, codegen
+
+
+#: The certified interval's half-width per unit of the error scale t: 3 * 2**-24 (see docs/math.md).
+_HALF_WIDTH = np.float32(3 * 2.0**-24)
+_F32_MAX_INF = np.float32(np.inf)
+#: Nonzero table values below this send their tile to the float64 path (the bound assumes no underflow).
+NARROW_TABLE_MIN = 2.0**-60
+#: Nonzero bfloat16 inputs below this send their pair to the float64 path (float16's are all above it).
+_NARROW_INPUT_MIN = np.float32(2.0**-50)
+
+
+@_jit(inline="always")
+def _dot2_fused(x1, c, x2, s):
+    """``(r, t)``: ``b = fl(x2*s)``, ``r = fl(x1*c + b)`` (one fused rounding), ``t = |b| + |r|``: two
+    roundings of at most ``2**-24 |b|`` and ``2**-24 |r|``."""
+    b = x2 * s
+    r = _fma32(x1, c, b)
+    return r, abs(b) + abs(r)
+
+
+@_jit(inline="always")
+def _dot2_unfused(x1, c, x2, s):
+    """``(r, t)``: ``r = fl(fl(x1*c) + fl(x2*s))``, three roundings, ``t = |fl(x1*c)| + |fl(x2*s)| + |r|``."""
+    a = x1 * c
+    b = x2 * s
+    r = a + b
+    return r, (abs(a) + abs(b)) + abs(r)
+
+
+@_jit(inline="always")
+def _dot2(x1, c, x2, s):
+    """``(r, t)``: ``r``, the float32 value of ``x1*c + x2*s`` (all float32), and ``t`` with ``|x1*c + x2*s -
+    r| <= 2**-24 * t`` when nothing underflows (fused where the CPU has FMA)."""
+    if HARDWARE_FMA:
+        return _dot2_fused(x1, c, x2, s)
+    return _dot2_unfused(x1, c, x2, s)
+
+
+def _load32(row, i):
+    """``row[i]`` as float32, exactly (uint16 rows hold float16, int16 rows bfloat16)."""
+
+
+def _round16(row, v):
+    """float32 ``v`` rounded to nearest even to ``row``'s 16-bit format, as its bits (the row's dtype)."""
+
+
+def _tiny16(row, v):
+    """Whether a float32 input ``v`` is nonzero and below :data:`_NARROW_INPUT_MIN`, as a uint16."""
+
+
+@overload(_load32, inline="always")
+def _load32_impl(row, i):
+    if row.dtype == types.uint16:
+        if HARDWARE_F16:
+            return lambda row, i: _f16_to_f32(row[i])
+        return lambda row, i: _decode_f16_f32(row[i])
+    return lambda row, i: _bits_f32(np.int32(row[i]) << 16)
+
+
+@overload(_round16, inline="always")
+def _round16_impl(row, v):
+    if row.dtype == types.uint16:
+        if HARDWARE_F16:
+            return lambda row, v: _f32_to_f16(v)
+        return lambda row, v: _f16_bits_of_f32_bits(np.int64(_f32_bits(v)) & 0xFFFFFFFF)
+
+    def round_bf16(row, v):
+        # on all 32 bits, sign included: no carry reaches the sign bit from a finite value (at most
+        # 0x7F7FFFFF + 0x8000); unsigned 32-bit lanes, which LLVM keeps 8 to a vector
+        bits = np.uint32(_f32_bits(v))
+        h = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        return np.int16(np.uint16(h))
+
+    return round_bf16
+
+
+@overload(_tiny16, inline="always")
+def _tiny16_impl(row, v):
+    if row.dtype == types.uint16:
+        return lambda row, v: np.uint16(0)
+    return lambda row, v: np.uint16((v != np.float32(0)) & (abs(v) < _NARROW_INPUT_MIN))
+
+
+@_jit(inline="always")
+def _certified(orow, x1, c, x2, s):
+    """``(bits, doubt)``: ``x1*c + x2*s`` rounded once to ``orow``'s 16-bit format, from float32 arithmetic,
+    and a nonzero uint16 ``doubt`` where that rounding is not proved equal to the float64 kernel's."""
+    r, t = _dot2(x1, c, x2, s)
+    e = t * _HALF_WIDTH
+    lo = _round16(orow, r - e)
+    hi = _round16(orow, r + e)
+    # e is inf or NaN where an input, a product or r is: NaN results (whose bits the float64 path sets) and
+    # inf operands are recomputed; finite results agree in overflow (to inf) as in everything else
+    return lo, np.uint16(np.uint16(lo ^ hi) | np.uint16(not (e < _F32_MAX_INF)))
+
+
+@_jit()
+def _exact_pairs(xr, orow, c_row, s_row, doubt, half, in_step, in_gap, out_step, out_gap):
+    """Recompute, with the float64 kernel, every pair ``j`` with ``doubt[j] != 0``: inputs ``j * in_step`` and
+    ``+ in_gap``, outputs ``j * out_step`` and ``+ out_gap`` (uint64 offsets: typed, not literal, so that
+    every layout shares one compilation). Compiled once, not inlined into every row loop: it runs rarely."""
+    for j in range(half):
+        if doubt[j] != 0:
+            j1 = np.uint64(j)
+            i1 = j1 * in_step
+            o1 = j1 * out_step
+            c, sn = np.float64(c_row[j1]), np.float64(s_row[j1])
+            x1 = _get(xr, i1)
+            x2 = _get(xr, i1 + in_gap)
+            _put(orow, o1, x1 * c - x2 * sn)
+            _put(orow, o1 + out_gap, x2 * c + x1 * sn)
+
+
+@_jit(inline="always")
+def _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, in_step, in_gap, out_step, out_gap):
+    """The pairs of one float16/bfloat16 row in float32, certified (see above), the doubtful ones again in
+    float64; ``exact_only``: all of them in float64 (a tile with tiny table values). ``doubt``: a (half,)
+    uint16 scratch row. Unit-stride inputs and outputs for "half" (steps 1, gaps ``half``), paired ones for
+    "interleaved" (steps 2, gaps 1) and "deepseek" (inputs paired, outputs split)."""
+    any_doubt = np.uint16(0)
+    ui, ug, uo, uog = np.uint64(in_step), np.uint64(in_gap), np.uint64(out_step), np.uint64(out_gap)
+    if exact_only:
+        doubt[:] = 1
+        any_doubt = np.uint16(1)
+        half_loop = 0
+    else:
+        half_loop = half
+    for j in range(half_loop):
+        j1 = np.uint64(j)
+        i1 = j1 * ui
+        o1 = j1 * uo
+        c, sn = c_row[j1], s_row[j1]
+        x1 = _load32(xr, i1)
+        x2 = _load32(xr, i1 + ug)
+        h1, d1 = _certified(orow, x1, c, -x2, sn)
+        h2, d2 = _certified(orow, x2, c, x1, sn)
+        orow[o1] = h1
+        orow[o1 + uog] = h2
+        d = np.uint16(d1 | d2 | _tiny16(orow, x1) | _tiny16(orow, x2))
+        doubt[j1] = d
+        any_doubt = np.uint16(any_doubt | d)
+    if any_doubt != 0:
+        _exact_pairs(xr, orow, c_row, s_row, doubt, half, ui, ug, uo, uog)
+
+
 #: Consecutive positions per tile: their cos/sin rows are widened to float64 (and signed) once per tile and
 #: then serve every head of q and k at those positions.
 TILE = 16
+#: Parallel rotations use longer tiles where rows are short: each head's run of a tile covers at least this
+#: many bytes (64 positions of float16 rows of 128, 32 of float32), up to MAX_TILE positions.
+RUN_BYTES = 16384
+MAX_TILE = 64
 
 
 @_jit(inline="always")
@@ -442,13 +662,15 @@ def _copy_channels(src, dst, start, stop):
         dst[u] = src[u]
 
 
-# One row of each layout: its pairs rotated by float64 ``c_row``/``s_row`` (``half`` angles, sign applied),
-# the channels past ``rotary_dim`` copied when ``copy_rest``. One function per layout, each a unit-stride loop
-# that LLVM vectorizes (a runtime layout switch inside the row loop halves the speed). The channel indices
-# are unsigned: Numba then emits no negative-index wraparound, which for ``j + half`` (LLVM cannot tell its
-# sign) would otherwise keep the loop scalar.
+# One row of each layout: its pairs rotated by ``c_row``/``s_row`` (``half`` angles, sign applied), the
+# channels past ``rotary_dim`` copied when ``copy_rest``. float32 and float64 rows are rotated in float64
+# (float64 tile rows); float16 and bfloat16 rows with float32 tile rows in float32, certified (see
+# :func:`_rotate_narrow`; ``doubt`` and ``exact_only`` serve only those). One function per layout, each a
+# unit-stride loop that LLVM vectorizes (a runtime layout switch inside the row loop halves the speed). The
+# channel indices are unsigned: Numba then emits no negative-index wraparound, which for ``j + half`` (LLVM
+# cannot tell its sign) would otherwise keep the loop scalar.
 @_jit(inline="always")
-def _rotate_half(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
+def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
     """"half": channel j pairs with j + half."""
     uhalf = np.uint64(half)
     for j in range(half):
@@ -464,7 +686,7 @@ def _rotate_half(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
 
 
 @_jit(inline="always")
-def _rotate_interleaved(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
+def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
     """"interleaved": channels (2j, 2j + 1) pair and stay in place."""
     for j in range(half):
         j1 = np.uint64(j)
@@ -479,7 +701,7 @@ def _rotate_interleaved(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
 
 
 @_jit(inline="always")
-def _rotate_deepseek(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
+def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
     """"deepseek": channels (2j, 2j + 1) pair and land in (j, j + half)."""
     uhalf = np.uint64(half)
     for j in range(half):
@@ -494,6 +716,44 @@ def _rotate_deepseek(xr, orow, c_row, s_row, half, rotary_dim, copy_rest):
         _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
+@_jit(inline="always")
+def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
+    _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, 1, half, 1, half)
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
+
+
+@_jit(inline="always")
+def _rotate_interleaved_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
+    _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, 2, 1, 2, 1)
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
+
+
+@_jit(inline="always")
+def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
+    _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, 2, 1, 1, half)
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
+
+
+def _is_narrow(x: Any, table: Any) -> bool:
+    """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with a float32 table."""
+    return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
+
+
+def _table_tile(x, cos, rows, cols):
+    """An uninitialized ``(rows, cols)`` tile for widened cos/sin rows: float32 for float16/bfloat16 ``x``
+    with a float32 table (the certified float32 path), else float64."""
+
+
+@overload(_table_tile, inline="always")
+def _table_tile_impl(x, cos, rows, cols):
+    if _is_narrow(x, cos):
+        return lambda x, cos, rows, cols: np.empty((rows, cols), dtype=np.float32)
+    return lambda x, cos, rows, cols: np.empty((rows, cols), dtype=np.float64)
+
+
 def _tile_walker(rotate_row: Any) -> Any:
     """A function rotating, with ``rotate_row``, every head at sequence indices ``s0 .. s0 + n_pos - 1`` of
     batch row ``b`` of ``out``, reading them from ``x`` at batch row ``xb`` and sequence indices ``xs0 ..``
@@ -502,44 +762,88 @@ def _tile_walker(rotate_row: Any) -> Any:
     into the kernel (not cached on its own)."""
 
     @njit(inline="always", **_OPTIONS)
-    def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner):
+    def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner,
+             doubt, exact_only):
         if seq_inner:  # head-major memory, several positions: each head's rows are consecutive
             for h in range(out.shape[1]):
                 for t in range(n_pos):
                     rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_tile[t], s_tile[t], half, rotary_dim,
-                               copy_rest)
+                               copy_rest, doubt, exact_only)
             return
         for t in range(n_pos):
             c_row, s_row = c_tile[t], s_tile[t]  # one view per position, not per row: it shows in decode
             if token_major:
                 for h in range(out.shape[2]):
-                    rotate_row(x[xb, xs0 + t, h], out[b, s0 + t, h], c_row, s_row, half, rotary_dim, copy_rest)
+                    rotate_row(x[xb, xs0 + t, h], out[b, s0 + t, h], c_row, s_row, half, rotary_dim, copy_rest,
+                               doubt, exact_only)
             else:
                 for h in range(out.shape[1]):
-                    rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_row, s_row, half, rotary_dim, copy_rest)
+                    rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_row, s_row, half, rotary_dim, copy_rest,
+                               doubt, exact_only)
 
     return walk
 
 
-_walk_half = _tile_walker(_rotate_half)
-_walk_interleaved = _tile_walker(_rotate_interleaved)
-_walk_deepseek = _tile_walker(_rotate_deepseek)
+def _layout_walker(walk_half: Any, walk_interleaved: Any, walk_deepseek: Any) -> Any:
+    """A walker choosing among the three layouts' walkers once per tile (layout: 0 "half", 1 "interleaved",
+    2 "deepseek"). Inlined (not cached on its own)."""
+
+    @njit(inline="always", **_OPTIONS)
+    def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+             seq_inner, doubt, exact_only):
+        if layout == 0:
+            walk_half(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
+                      seq_inner, doubt, exact_only)
+        elif layout == 1:
+            walk_interleaved(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest,
+                             token_major, seq_inner, doubt, exact_only)
+        else:
+            walk_deepseek(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
+                          seq_inner, doubt, exact_only)
+
+    return walk
+
+
+_walk_wide = _layout_walker(_tile_walker(_rotate_half_wide), _tile_walker(_rotate_interleaved_wide),
+                            _tile_walker(_rotate_deepseek_wide))
+_walk_narrow = _layout_walker(_tile_walker(_rotate_half_narrow), _tile_walker(_rotate_interleaved_narrow),
+                              _tile_walker(_rotate_deepseek_narrow))
 
 
 @_jit()
+def _rotate_tile_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                      token_major, seq_inner, doubt, exact_only):
+    """A tile's rows of one float32/float64 tensor (float64 tile rows): see :func:`_rotate_tile`."""
+    _walk_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+               seq_inner, doubt, exact_only)
+
+
+@_jit()
+def _rotate_tile_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                        token_major, seq_inner, doubt, exact_only):
+    """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_rotate_tile`."""
+    _walk_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+                 seq_inner, doubt, exact_only)
+
+
 def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                 seq_inner):
-    """The tile's rows of one tensor, with the layout chosen once per tile (layout: 0 "half", 1
-    "interleaved", 2 "deepseek")."""
-    if layout == 0:
-        _walk_half(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                   seq_inner)
-    elif layout == 1:
-        _walk_interleaved(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                          seq_inner)
-    else:
-        _walk_deepseek(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                       seq_inner)
+                 seq_inner, doubt, exact_only):
+    """The tile's rows of one tensor (``x`` rows ``xb``, ``xs0 ..`` into ``out`` rows ``b``, ``s0 ..``):
+    :func:`_rotate_tile_narrow` for float16/bfloat16 with float32 tile rows, else :func:`_rotate_tile_wide`
+    (chosen when numba types the call; one compiled call per tile)."""
+
+
+@overload(_rotate_tile)
+def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                      token_major, seq_inner, doubt, exact_only):
+    chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else _rotate_tile_wide
+
+    def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                    token_major, seq_inner, doubt, exact_only):
+        chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+               seq_inner, doubt, exact_only)
+
+    return rotate_tile
 
 
 @_jit(inline="always")
@@ -555,13 +859,13 @@ def _scratch(x, tile, token_major, needed):
 
 @_jit(inline="always")
 def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                   token_major, seq_inner):
+                   token_major, seq_inner, doubt, exact_only):
     """One tile of one tensor. In place (``out`` is ``x``), the tile's rows are first copied to ``scratch``
     and rotated from there: LLVM vectorizes a row loop only behind a runtime check that its input and output
     do not overlap, so rows rotated onto themselves would run scalar."""
     if not in_place:
         _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                     seq_inner)
+                     seq_inner, doubt, exact_only)
         return
     if token_major:
         for t in range(n_pos):
@@ -573,7 +877,7 @@ def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layo
                 _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
     zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
     _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                 copy_rest and not in_place, token_major, seq_inner)
+                 copy_rest and not in_place, token_major, seq_inner, doubt, exact_only)
 
 
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
@@ -585,7 +889,8 @@ _INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER, _SAME_Q, _SAME_K 
 def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, max_chunks):
     """Rotate q (``x`` -> ``out``) and, with the ``_WITH_K`` flag, k (``k`` -> ``k_out``) in one launch. The
     work is cut into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its
-    cos/sin rows to float64 once (sign applied) and rotates every head of q and of k there (head counts and
+    cos/sin rows once (sign applied; to float64, or float32 for float16/bfloat16 inputs with float32 tables:
+    see :func:`_rotate_narrow`) and rotates every head of q and of k there (head counts and
     head dims may differ between q and k; their batch and seq are equal). Tiles are split into contiguous
     chunks, one parallel iteration each (at most ``max_chunks``). positions: (B, S) or (1, S) rows of cos/sin.
 
@@ -608,24 +913,29 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     n_chunks = max(1, min(n_tiles, max_chunks))
     shared_positions = positions.shape[0] == 1
     for chunk in prange(n_chunks):
-        c_tile = np.empty((tile, half), dtype=np.float64)
-        s_tile = np.empty((tile, half), dtype=np.float64)
+        c_tile = _table_tile(x, cos, tile, half)
+        s_tile = _table_tile(x, cos, tile, half)
+        doubt = np.empty(half, dtype=np.uint16)
         x_scratch = _scratch(x, tile, token_major, same_q)
         k_scratch = _scratch(k, tile, token_major, same_k and with_k)
         for g in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
             b = g // tiles_per_row
             s0 = (g - b * tiles_per_row) * tile
             n_pos = min(tile, n_seq - s0)
+            tiny = 0  # table values in (0, NARROW_TABLE_MIN): the float32 path's bound would not hold
             for t in range(n_pos):
                 p = positions[0 if shared_positions else b, s0 + t]
                 for j in range(half):
-                    c_tile[t, j] = np.float64(cos[p, j])
-                    s_tile[t, j] = sign * np.float64(sin[p, j])
+                    cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
+                    c_tile[t, j] = cv
+                    s_tile[t, j] = sign * sv
+                    tiny |= ((cv != 0.0) & (abs(cv) < NARROW_TABLE_MIN)) | ((sv != 0.0) & (abs(sv) < NARROW_TABLE_MIN))
+            exact_only = tiny != 0
             _rotate_tensor(x, out, x_scratch, same_q, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
-                           token_major, seq_inner)
+                           token_major, seq_inner, doubt, exact_only)
             if with_k:
                 _rotate_tensor(k, k_out, k_scratch, same_k, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                               copy_k, token_major, seq_inner)
+                               copy_k, token_major, seq_inner, doubt, exact_only)
 
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
@@ -745,7 +1055,9 @@ def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndar
     if work < SERIAL_ELEMENTS:
         _apply_tiles.serial(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, TILE, 1)
         return
-    tile, chunks, n_batch = TILE, _CHUNKS, x.shape[0]
+    # head-major memory is read in runs of `tile` rows per head: at least RUN_BYTES of them, so that the
+    # prefetchers (which stop at 4 KB page boundaries) keep up
+    tile, chunks, n_batch = min(MAX_TILE, max(TILE, RUN_BYTES // max(1, x.shape[3] * x.itemsize))), _CHUNKS, x.shape[0]
     while tile > 1 and n_batch * -(-n_seq // tile) < chunks:  # smaller tiles until every chunk has one
         tile //= 2
     _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, chunks)

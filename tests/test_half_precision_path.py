@@ -1,0 +1,243 @@
+"""The numba kernel rotates float16 and bfloat16 rows in float32 and certifies every result (issue 16).
+
+Each result must equal the float64 kernel's: the exact value ``x1*c - x2*s`` (float64 products of a 16-bit
+input and a float32 table value are exact), rounded to float64 once and then to the 16-bit format once. The
+reference here is that formula written out in NumPy float64 and rounded by NumPy (float16; its double ->
+half conversion rounds once) or by ``round_once`` (bfloat16; checked at every midpoint in test_rounding.py).
+The inputs aim at the float32 path's weak spots: products within a float32 rounding of a 16-bit midpoint
+(exactly on it, and just beside it), cancellation, signed zeros, subnormals, tiny table values (their tiles
+take the float64 path), tiny bfloat16 inputs, overflow, inf and NaN.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from ropeflow import apply_rotary
+
+pytest.importorskip("numba")
+from ropeflow.backends import _numba  # noqa: E402
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+LAYOUTS = ["half", "interleaved", "deepseek"]
+
+
+def _round(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float64 -> dtype, rounded once to nearest even."""
+    if dtype == F16:
+        with np.errstate(over="ignore"):  # overflow to inf is the correct rounding
+            return values.astype(F16)
+    from ropeflow.backends._numpy import round_once
+
+    return round_once(values, BF16)
+
+
+def _pairs(x: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    half = x.shape[-1] // 2
+    if layout == "half":
+        return x[..., :half], x[..., half:]
+    return x[..., 0::2], x[..., 1::2]
+
+
+def _reference(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
+    """The rotation written out: float64 products and sums, one rounding to x's dtype. x: (H, S, D)."""
+    half = x.shape[-1] // 2
+    c = cos[: x.shape[1], :half].astype(np.float64)
+    s = sin[: x.shape[1], :half].astype(np.float64)
+    x1, x2 = (p.astype(np.float64) for p in _pairs(x, layout))
+    y1, y2 = _round(x1 * c - x2 * s, x.dtype), _round(x2 * c + x1 * s, x.dtype)
+    out = np.empty_like(x)
+    if layout == "half" or layout == "deepseek":
+        out[..., :half], out[..., half:] = y1, y2
+    else:
+        out[..., 0::2], out[..., 1::2] = y1, y2
+    return out
+
+
+def _same_bits(got: np.ndarray, want: np.ndarray) -> None:
+    g, w = got.view(np.uint16), want.view(np.uint16)
+    nan = np.isnan(want.astype(np.float64))
+    assert np.isnan(got.astype(np.float64))[nan].all()
+    bad = (g != w) & ~nan
+    assert not bad.any(), (f"{int(bad.sum())} of {bad.size} differ, e.g. got {hex(int(g[bad][0]))} want "
+                           f"{hex(int(w[bad][0]))}")
+
+
+def _grid(dtype: np.dtype) -> np.ndarray:
+    """Every finite positive value of dtype (float64)."""
+    values = np.arange(1, 0x7C00 if dtype == F16 else 0x7F80, dtype=np.uint16).view(dtype).astype(np.float64)
+    return values
+
+
+def _near_tie_case(dtype: np.dtype, n_seq: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (4, n_seq, dim) and "half"-layout float32 tables whose products land on, or within a few float32
+    roundings of, midpoints between neighbouring dtype values, with and without a second term."""
+    rng = np.random.default_rng(seed)
+    half = dim // 2
+    grid = _grid(dtype)
+    grid = grid[(grid > 2.0**-12) & (grid < 2.0**12)]
+    i = rng.integers(0, grid.size - 1, (n_seq, half))
+    mid = (grid[i] + grid[i + 1]) / 2  # exact in float64
+    x1 = np.where(rng.random((n_seq, half)) < 0.5, 1.0, rng.choice(grid, (n_seq, half)))  # 1.0: exact ties
+    c = (mid / x1).astype(np.float32)  # x1 * c is mid up to one float32 rounding (exactly mid for x1 == 1)
+    s = (rng.standard_normal((n_seq, half)) * 2.0 ** rng.integers(-30, 2, (n_seq, half))).astype(np.float32)
+    cos = np.concatenate([c, c], axis=1)
+    sin = np.concatenate([s, s], axis=1)
+    x = np.zeros((4, n_seq, dim))
+    head0_1, head0_2 = x1, np.zeros_like(x1)  # y1 = x1*c exactly: on/near the midpoint
+    head1_2 = rng.choice(grid, (n_seq, half)) * 2.0**-20  # a tiny second term: just beside the midpoint
+    heads = [(head0_1, head0_2), (x1, head1_2), (x1, -head1_2), (x1, rng.choice(grid, (n_seq, half)))]
+    for h, (a, b) in enumerate(heads):
+        sign = np.where(rng.random((n_seq, half)) < 0.5, -1.0, 1.0)
+        first, second = _pairs(x[h], "half")
+        first[...], second[...] = sign * a, b
+    return x.astype(dtype), cos, sin
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_results_at_and_beside_midpoints_are_rounded_once(dtype, layout):
+    """Products on a midpoint round to even and products beside it round to the nearer side, as from the
+    exact value: float32 arithmetic alone gets some of them wrong, the certified path none."""
+    x, cos, sin = _near_tie_case(dtype, 96, 64, seed=3)
+    if layout != "half":  # the same pairs, moved to the layout's channels
+        pairs = _pairs(x, "half")
+        x = np.empty_like(x)
+        first, second = _pairs(x, layout)
+        first[...], second[...] = pairs
+    want = _reference(x, cos, sin, layout)
+    got = apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0]
+    _same_bits(got, want)
+    # the float64 kernel (float64 tables) gives the same bits: the reference above is the kernel's contract
+    wide = apply_rotary(x[None], cos.astype(np.float64), sin.astype(np.float64), layout=layout, backend="numba")[0]
+    _same_bits(wide, want)
+    # and plain float32 arithmetic would not have: the inputs do reach the doubtful cases
+    c, s = cos[:, :32], sin[:, :32]
+    x1, x2 = (p.astype(np.float32) for p in _pairs(x, layout))
+    naive = (x1 * c - x2 * s).astype(np.float64)
+    assert (_round(naive, dtype).view(np.uint16) != _pairs(want, "half" if layout != "interleaved" else layout)[0]
+            .view(np.uint16)).any()
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_specials_signed_zeros_subnormals_and_overflow(dtype):
+    """inf, NaN, signed zeros, the format's subnormals, results that overflow, and zero rows: the same bits
+    as the float64 formula (NaN: any NaN)."""
+    rng = np.random.default_rng(5)
+    grid = _grid(dtype)
+    specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, grid[0], -grid[0], grid[5], grid[-1], -grid[-1],
+                         grid[-2]])
+    n_seq, dim = 40, 32
+    values = rng.choice(np.concatenate([specials, rng.choice(grid, 50), -rng.choice(grid, 50)]), (3, n_seq, dim))
+    values[2] = 0.0  # a zero head (padding): signed zeros from the signs of the table values
+    values[2, :, ::3] = -0.0
+    x = values.astype(dtype)
+    angles = np.arange(n_seq)[:, None] * 10.0 ** -np.arange(dim // 2)[None] * 3.0
+    c, s = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    c[::7] *= np.float32(1.7)  # scaled tables (YaRN's attention factor): sums of two maxima overflow
+    s[3, :4] = -0.0
+    cos, sin = np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+    for layout in LAYOUTS:
+        with np.errstate(all="ignore"):
+            want = _reference(x, cos, sin, layout)
+        _same_bits(apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0], want)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_tiny_table_values_and_tiny_inputs(dtype):
+    """Table values in (0, 2**-60) (their tiles take the float64 path) and bfloat16 inputs below 2**-50,
+    subnormals included (their pairs take it): products that would underflow float32 stay exact."""
+    rng = np.random.default_rng(9)
+    n_seq, dim = 48, 16
+    x = rng.standard_normal((2, n_seq, dim))
+    if dtype == BF16:
+        x[1] *= 2.0 ** rng.integers(-140, -40, (n_seq, dim))
+    x = x.astype(dtype)
+    c = rng.standard_normal((n_seq, dim // 2)).astype(np.float32)
+    s = (rng.standard_normal((n_seq, dim // 2)) * 2.0 ** rng.integers(-149, -55, (n_seq, dim // 2))).astype(np.float32)
+    s[:16] = rng.standard_normal((16, dim // 2))  # the first tile is ordinary
+    cos, sin = np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+    for layout in LAYOUTS:
+        want = _reference(x, cos, sin, layout)
+        _same_bits(apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0], want)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_random_rotations_every_layout_and_walk(dtype):
+    """Model-like values with the library's own tables, head-major and token-major, in place and partial
+    rotary: bit for bit the formula (and the numpy backend)."""
+    from ropeflow import RotaryEmbedding
+
+    rng = np.random.default_rng(13)
+    rope = RotaryEmbedding(48, base=10000.0, max_position_embeddings=2048)
+    cos, sin = rope.cos_sin(2048, "float32")
+    q = (rng.standard_normal((2, 3, 70, 64)) * 10.0 ** rng.integers(-4, 4, (2, 3, 70, 1))).astype(dtype)
+    positions = rng.integers(0, 2048, (2, 70))
+    for layout in LAYOUTS:
+        got = apply_rotary(q, cos, sin, positions, layout=layout, backend="numba")
+        ref = apply_rotary(q, cos, sin, positions, layout=layout, backend="numpy")
+        _same_bits(got, ref)
+        for b in range(2):
+            rows = q[b][..., :48]
+            want = _reference(rows, cos[positions[b]], sin[positions[b]], layout)
+            _same_bits(got[b][..., :48], want)
+            _same_bits(got[b][..., 48:], q[b][..., 48:])
+        token_major = np.ascontiguousarray(q.transpose(0, 2, 1, 3))
+        got_t = apply_rotary(token_major, cos, sin, positions, layout=layout, seq_axis=-3, backend="numba")
+        _same_bits(got_t.transpose(0, 2, 1, 3), got)
+        if layout != "deepseek":
+            in_place = q.copy()
+            apply_rotary(in_place, cos, sin, positions, layout=layout, out=in_place, backend="numba")
+            _same_bits(in_place, got)
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fma", "unfused"])
+def test_dot2_error_bound(fused):
+    """Both float32 dot products behind the path keep ``|x1*c + x2*s - r| <= 2**-24 * t`` (exact rationals),
+    the bound the certified interval is built on, including under cancellation."""
+    from numba import njit
+
+    dot = _numba._dot2_fused if fused else _numba._dot2_unfused
+    run = njit(lambda a, b, c, d, r, t: [dot(a[i], b[i], c[i], d[i]) for i in range(a.shape[0])])
+    rng = np.random.default_rng(17)
+    n = 3000
+    x1 = rng.choice(_grid(F16), n).astype(np.float32) * rng.choice([-1, 1], n).astype(np.float32)
+    c = rng.standard_normal(n).astype(np.float32)
+    x2 = rng.choice(_grid(BF16)[(_grid(BF16) > 2.0**-40) & (_grid(BF16) < 2.0**40)], n).astype(np.float32)
+    s = (x1.astype(np.float64) * c / x2 * (1 + rng.standard_normal(n) * 2.0 ** -rng.integers(5, 30, n))).astype(
+        np.float32)  # x2*s close to x1*c: cancellation in x1*c - x2*s
+    s = -s
+    results = run(x1, c, x2, s, None, None)
+    for a, b, cc, d, (r, t) in zip(x1, c, x2, s, results, strict=True):
+        exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(cc)) * Fraction(float(d))
+        assert abs(exact - Fraction(float(r))) <= Fraction(float(t)) * Fraction(1, 2**24)
+
+
+def test_float32_codecs_for_cpus_without_f16c():
+    """The integer float16 <-> float32 codecs (used where LLVM has no hardware conversion): decode every
+    pattern exactly, encode float32 values (midpoints, neighbours, subnormals, overflow) like NumPy."""
+    from numba import njit
+
+    bits = np.arange(65536, dtype=np.uint16)
+    decode = njit(lambda bs: [_numba._decode_f16_f32(b) for b in bs])
+    got = np.array(decode(bits), dtype=np.float32)
+    want = bits.view(F16).astype(np.float32)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(got[~nan], want[~nan])
+    assert np.isnan(got[nan]).all()
+    grid = np.unique(np.abs(want[np.isfinite(want)]).astype(np.float64))
+    mids = ((grid[:-1] + grid[1:]) / 2).astype(np.float32)
+    rng = np.random.default_rng(19)
+    samples = np.concatenate([mids, np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(0)),
+                              (rng.standard_normal(20000) * 2.0 ** rng.integers(-30, 18, 20000)).astype(np.float32),
+                              np.float32([65504, 65519.99, 65520, 1e9, np.inf, 0, 2.0**-25, 2.0**-26])])
+    samples = np.concatenate([samples, -samples])
+    encode = njit(lambda vs: [_numba._f16_bits_of_f32_bits(np.int64(_numba._f32_bits(v)) & 0xFFFFFFFF) for v in vs])
+    with np.errstate(over="ignore"):
+        want_bits = samples.astype(F16).view(np.uint16)
+    np.testing.assert_array_equal(np.array(encode(samples), dtype=np.uint16), want_bits)
