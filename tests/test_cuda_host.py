@@ -567,3 +567,21 @@ def test_cupy_backend_serves_16_bit_tables(kernels, numba, monkeypatch, precisio
         else:
             want = numba_encoder(_encode)(master.astype(np.float64).ravel()).view(BF16).reshape(got.shape)
         np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))  # one rounding of the master
+
+
+def test_row_order_follows_the_strides(numba):
+    """The rotation kernel walks token-major memory (head stride below seq stride) in (batch, seq, head) row
+    order and everything else in (batch, head, seq) order (issue 16): the "transposed" and "fused_qkv"
+    scenarios of the bit-for-bit test above launch the first order, the others the second."""
+    head_major = np.zeros((2, 3, 4, 32), np.float32)
+    token_major = np.zeros((2, 4, 3, 32), np.float32).transpose(0, 2, 1, 3)
+    assert not _cupy.token_major_order(head_major)
+    assert _cupy.token_major_order(token_major)
+    assert not _cupy.token_major_order(token_major[:, :1])  # one head: no order to choose
+    assert not _cupy.token_major_order(token_major[:, :, :1])  # one position (decode)
+    for name in SCENARIOS:
+        arena, tensors, _, cos, sin, positions, rotary_dim, inverse = build_case(numba, name, "half", "float32",
+                                                                                 "float32")
+        error = arena.array((3,), np.int64)
+        launch = launch_for(tensors, cos, sin, positions, "half", rotary_dim, inverse, error)
+        assert int(launch.args[-2]) == (name in ("transposed", "fused_qkv")), name

@@ -305,8 +305,18 @@ def apply_launch(x: Any, out: Any, cos: Any, sin: Any, positions: Any, layout: s
     args = (*a_args, *b_args, cos, sin, np.int64(cos_rs), np.int64(cos_cs), np.int64(sin_rs), np.int64(sin_cs),
             np.int64(cos.shape[0]), positions, np.int64(pos_sb), np.int64(pos_ss), np.uint32(n_seq),
             np.uint32(seq_mul), np.uint32(seq_shr), np.int32(rotary_dim // 2), np.int32(rotary_dim),
-            np.float64(-1.0 if inverse else 1.0), error)
+            np.float64(-1.0 if inverse else 1.0), np.int32(token_major_order(x)), error)
     return Launch(name, grid, block, args, device)
+
+
+def token_major_order(x: Any) -> bool:
+    """Whether the rotation kernel should walk ``x`` ((B, H, S, D) view) in (batch, seq, head) row order: when
+    its head stride is the smaller of head and seq (token-major memory, ``seq_axis=-3``), so that consecutive
+    rows are neighbours in memory, as for head-major arrays in (batch, head, seq) order."""
+    _, n_heads, n_seq, _ = (int(v) for v in x.shape)
+    if n_heads < 2 or n_seq < 2:
+        return False
+    return abs(int(x.strides[1])) < abs(int(x.strides[2]))
 
 
 def position_error(values: Any) -> ValueError | None:

@@ -187,7 +187,9 @@ __device__ __forceinline__ unsigned rope_div(unsigned n, unsigned mul, unsigned 
 }
 
 // One launch rotates q (grid z = 0) and k (z = 1; k_rows == 0 when k is absent and its pointers are null).
-// Grid y: row = (batch, head, seq) of that tensor; grid x: t < width, the item within a row. t < half is a
+// Grid y: row = (batch, head, seq) of that tensor, seq fastest, or with token_major (batch, seq, head), head
+// fastest, so that consecutive rows are neighbours in memory for token-major (B, S, H, D) arrays too (the
+// launcher chooses it from the strides); grid x: t < width, the item within a row. t < half is a
 // rotated pair, t >= half a pass-through channel rotary_dim + (t - half); each tensor has its own width
 // (half + head_dim - rotary_dim when it is rotated out of place with rotary_dim < head_dim, else half),
 // so q and k may differ in head count, head_dim and in-place-ness. Tensors are addressed through element
@@ -208,7 +210,7 @@ __global__ void rope_apply(const T* __restrict__ q_in, T* __restrict__ q_out, un
                            long long cos_cs, long long sin_rs, long long sin_cs, long long table_rows,
                            const long long* __restrict__ positions, long long pos_sb, long long pos_ss,
                            unsigned seq, unsigned seq_mul, unsigned seq_shr, int half, int rotary_dim,
-                           double sign, long long* __restrict__ error) {
+                           double sign, int token_major, long long* __restrict__ error) {
     const unsigned row_stride = blockDim.y * gridDim.y;
     const int col_stride = (int)(blockDim.x * gridDim.x);
     #pragma unroll 1
@@ -228,10 +230,18 @@ __global__ void rope_apply(const T* __restrict__ q_in, T* __restrict__ q_out, un
         const long long osd = kz ? k_osd : q_osd;
         #pragma unroll 1
         for (unsigned row = blockIdx.y * blockDim.y + threadIdx.y; row < rows; row += row_stride) {
-            const unsigned bh = rope_div(row, seq_mul, seq_shr);
-            const unsigned si = row - bh * seq;
-            const unsigned bi = rope_div(bh, heads_mul, heads_shr);
-            const unsigned hi = bh - bi * heads;
+            unsigned bi, hi, si;
+            if (token_major) {  // row = (bi * seq + si) * heads + hi
+                const unsigned bs = rope_div(row, heads_mul, heads_shr);
+                hi = row - bs * heads;
+                bi = rope_div(bs, seq_mul, seq_shr);
+                si = bs - bi * seq;
+            } else {  // row = (bi * heads + hi) * seq + si
+                const unsigned bh = rope_div(row, seq_mul, seq_shr);
+                si = row - bh * seq;
+                bi = rope_div(bh, heads_mul, heads_shr);
+                hi = bh - bi * heads;
+            }
             const T* in = in_base + (long long)bi * isb + (long long)hi * ish + (long long)si * iss;
             T* out = out_base + (long long)bi * osb + (long long)hi * osh + (long long)si * oss;
             const long long p = positions[(long long)bi * pos_sb + (long long)si * pos_ss];
@@ -287,7 +297,7 @@ ROPE_CAST_INSTANCE(double, rope_bf16)
         long long, long long, long long, long long, const T*, T*, unsigned, unsigned, unsigned, unsigned, int,  \
         long long, long long, long long, long long, long long, long long, long long, long long, const TT*,      \
         const TT*, long long, long long, long long, long long, long long, const long long*, long long,          \
-        long long, unsigned, unsigned, unsigned, int, int, double, long long*);
+        long long, unsigned, unsigned, unsigned, int, int, double, int, long long*);
 #define ROPE_APPLY_LAYOUTS(T, TT) ROPE_APPLY_INSTANCE(T, TT, 0) ROPE_APPLY_INSTANCE(T, TT, 1) \
     ROPE_APPLY_INSTANCE(T, TT, 2)
 ROPE_APPLY_LAYOUTS(float, float)
