@@ -325,22 +325,28 @@ def _f32_to_f16(typingctx, x):
     return sig, codegen
 
 
-def _hardware_f16() -> bool:
-    """Whether LLVM converts float32 <-> float16 in hardware for the CPU numba compiles for (F16C on x86;
-    always on AArch64). Elsewhere the half conversions are library calls: the integer codecs are faster."""
+def _cpu_has(feature: str) -> bool:
+    """Whether the CPU numba compiles for has ``feature`` (an LLVM x86 feature name such as "f16c" or "fma";
+    AArch64 has both float16 conversions and FMA)."""
     import platform
 
     if platform.machine().lower() in ("aarch64", "arm64"):
         return True
     features = numba.config.CPU_FEATURES
     if features is not None:
-        return "+f16c" in features.split(",")
+        return f"+{feature}" in features.split(",")
     from llvmlite import binding
 
     try:
-        return bool(binding.get_host_cpu_features().get("f16c", False))
+        return bool(binding.get_host_cpu_features().get(feature, False))
     except RuntimeError:  # pragma: no cover - feature detection unavailable on this host
         return False
+
+
+def _hardware_f16() -> bool:
+    """Whether LLVM converts float32 <-> float16 in hardware for the CPU numba compiles for (F16C on x86;
+    always on AArch64). Elsewhere the half conversions are library calls: the integer codecs are faster."""
+    return _cpu_has("f16c")
 
 
 #: Compile the F16C codecs (read at compile time; numba's cache is keyed by the CPU and its features).
@@ -458,19 +464,7 @@ def _put_impl(row, i, v):
 def _hardware_fma() -> bool:
     """Whether the CPU numba compiles for has fused multiply-add (LLVM's ``llvm.fma`` becomes one
     instruction; elsewhere a library call, so the unfused formula is used)."""
-    import platform
-
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        return True
-    features = numba.config.CPU_FEATURES
-    if features is not None:
-        return "+fma" in features.split(",")
-    from llvmlite import binding
-
-    try:
-        return bool(binding.get_host_cpu_features().get("fma", False))
-    except RuntimeError:  # pragma: no cover - feature detection unavailable on this host
-        return False
+    return _cpu_has("fma")
 
 
 #: Fused float32 dot products in the certified half-precision path (read at compile time).
