@@ -28,6 +28,7 @@ _LIST_CHECK = 64
 _REFERENCE_MAX_POSITIONS = 2**24
 
 
+_INT64 = np.dtype(np.int64)
 #: Input dtype -> the dtype name of the tables the kernels read (float64 only for float64 inputs).
 _TABLE_DTYPES = {np.dtype(np.float16): "float32", np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
@@ -46,7 +47,7 @@ def _bounds(a: np.ndarray) -> tuple[int, int]:
     """``(min, max)`` of an integer array as exact Python ints: up to :data:`_LIST_CHECK` values through a
     list (faster than two reductions), more by reductions."""
     if a.size <= _LIST_CHECK:
-        values = a.ravel().tolist()
+        values = a.tolist() if a.ndim == 1 else a.ravel().tolist()
         return min(values), max(values)
     return int(a.min()), int(a.max())
 
@@ -59,13 +60,15 @@ def host_positions(offset: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
         if offset < 0 or offset > MAX_POSITION - n_seq:
             return None
         return np.arange(offset, offset + n_seq, dtype=np.int64)[None, :], offset + n_seq
-    if type(offset) is not np.ndarray or offset.ndim != 1 or offset.shape[0] != n_batch \
-            or offset.dtype.kind not in "iu":
+    if type(offset) is not np.ndarray:
+        return None
+    dtype = offset.dtype
+    if offset.shape != (n_batch,) or dtype.kind not in "iu":
         return None
     lo, hi = _bounds(offset)
     if lo < 0 or hi > MAX_POSITION - n_seq:
         return None
-    starts = offset if offset.dtype == np.int64 else offset.astype(np.int64)
+    starts = offset if dtype is _INT64 else offset.astype(np.int64)
     positions = starts[:, None] if n_seq == 1 else starts[:, None] + np.arange(n_seq, dtype=np.int64)
     return positions, hi + n_seq
 
@@ -81,7 +84,7 @@ def host_position_ids(ids: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
     lo, hi = _bounds(ids)
     if lo < 0 or hi > MAX_POSITION:
         return None
-    positions = ids if ids.dtype == np.int64 else ids.astype(np.int64)
+    positions = ids if ids.dtype is _INT64 else ids.astype(np.int64)
     return (positions[None, :] if ids.ndim == 1 else positions), hi + 1
 
 
