@@ -203,7 +203,7 @@ def test_dot2_error_bound(fused):
     from numba import njit
 
     dot = _numba._dot2_fused if fused else _numba._dot2_unfused
-    run = njit(lambda a, b, c, d, r, t: [dot(a[i], b[i], c[i], d[i]) for i in range(a.shape[0])])
+    run = njit(lambda a, b, c, d: [dot(a[i], b[i], c[i], d[i]) for i in range(a.shape[0])])
     rng = np.random.default_rng(17)
     n = 3000
     x1 = rng.choice(_grid(F16), n).astype(np.float32) * rng.choice([-1, 1], n).astype(np.float32)
@@ -212,7 +212,7 @@ def test_dot2_error_bound(fused):
     s = (x1.astype(np.float64) * c / x2 * (1 + rng.standard_normal(n) * 2.0 ** -rng.integers(5, 30, n))).astype(
         np.float32)  # x2*s close to x1*c: cancellation in x1*c - x2*s
     s = -s
-    results = run(x1, c, x2, s, None, None)
+    results = run(x1, c, x2, s)
     for a, b, cc, d, (r, t) in zip(x1, c, x2, s, results, strict=True):
         exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(cc)) * Fraction(float(d))
         assert abs(exact - Fraction(float(r))) <= Fraction(float(t)) * Fraction(1, 2**24)

@@ -497,7 +497,7 @@ def _f16_to_f32(typingctx, x):
 
 #: The certified interval's half-width per unit of the error scale t: 3 * 2**-24 (see docs/math.md).
 _HALF_WIDTH = np.float32(3 * 2.0**-24)
-_F32_MAX_INF = np.float32(np.inf)
+_INF32 = np.float32(np.inf)
 #: Nonzero table values below this send their tile to the float64 path (the bound assumes no underflow).
 NARROW_TABLE_MIN = 2.0**-60
 #: Nonzero bfloat16 inputs below this send their pair to the float64 path (float16's are all above it).
@@ -586,7 +586,7 @@ def _certified(orow, x1, c, x2, s):
     hi = _round16(orow, r + e)
     # e is inf or NaN where an input, a product or r is: NaN results (whose bits the float64 path sets) and
     # inf operands are recomputed; finite results agree in overflow (to inf) as in everything else
-    return lo, np.uint16(np.uint16(lo ^ hi) | np.uint16(not (e < _F32_MAX_INF)))
+    return lo, np.uint16(np.uint16(lo ^ hi) | np.uint16(not (e < _INF32)))
 
 
 @_jit()
@@ -607,20 +607,22 @@ def _exact_pairs(xr, orow, c_row, s_row, doubt, half, in_step, in_gap, out_step,
 
 
 @_jit(inline="always")
-def _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, in_step, in_gap, out_step, out_gap):
-    """The pairs of one float16/bfloat16 row in float32, certified (see above), the doubtful ones again in
+def _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, in_step, in_gap,
+                   out_step, out_gap):
+    """One float16/bfloat16 row: its pairs in float32, certified (see above), the doubtful ones again in
     float64; ``exact_only``: all of them in float64 (a tile with tiny table values). ``doubt``: a (half,)
     uint16 scratch row. Unit-stride inputs and outputs for "half" (steps 1, gaps ``half``), paired ones for
-    "interleaved" (steps 2, gaps 1) and "deepseek" (inputs paired, outputs split)."""
-    any_doubt = np.uint16(0)
+    "interleaved" (steps 2, gaps 1) and "deepseek" (inputs paired, outputs split). The channels past
+    ``rotary_dim`` are copied when ``copy_rest``."""
     ui, ug, uo, uog = np.uint64(in_step), np.uint64(in_gap), np.uint64(out_step), np.uint64(out_gap)
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
     if exact_only:
         doubt[:] = 1
-        any_doubt = np.uint16(1)
-        half_loop = 0
-    else:
-        half_loop = half
-    for j in range(half_loop):
+        _exact_pairs(xr, orow, c_row, s_row, doubt, half, ui, ug, uo, uog)
+        return
+    any_doubt = np.uint16(0)
+    for j in range(half):
         j1 = np.uint64(j)
         i1 = j1 * ui
         o1 = j1 * uo
@@ -712,23 +714,17 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
 
 @_jit(inline="always")
 def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
-    _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, 1, half, 1, half)
-    if copy_rest:
-        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
+    _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 1, half, 1, half)
 
 
 @_jit(inline="always")
 def _rotate_interleaved_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
-    _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, 2, 1, 2, 1)
-    if copy_rest:
-        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
+    _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 2, 1)
 
 
 @_jit(inline="always")
 def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only):
-    _rotate_narrow(xr, orow, c_row, s_row, half, doubt, exact_only, 2, 1, 1, half)
-    if copy_rest:
-        _copy_channels(xr, orow, rotary_dim, xr.shape[0])
+    _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 1, half)
 
 
 def _is_narrow(x: Any, table: Any) -> bool:
@@ -746,6 +742,18 @@ def _table_tile_impl(x, cos, rows, cols):
     if _is_narrow(x, cos):
         return lambda x, cos, rows, cols: np.empty((rows, cols), dtype=np.float32)
     return lambda x, cos, rows, cols: np.empty((rows, cols), dtype=np.float64)
+
+
+def _tiny_table_value(tile, v):
+    """For a float32 ``tile`` (the certified path): whether table value ``v`` lies in (0,
+    :data:`NARROW_TABLE_MIN`), where the path's error bound would not hold; False for float64 tiles."""
+
+
+@overload(_tiny_table_value, inline="always")
+def _tiny_table_value_impl(tile, v):
+    if tile.dtype == types.float32:
+        return lambda tile, v: (v != 0.0) & (abs(v) < NARROW_TABLE_MIN)
+    return lambda tile, v: False
 
 
 def _tile_walker(rotate_row: Any) -> Any:
@@ -916,15 +924,14 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             b = g // tiles_per_row
             s0 = (g - b * tiles_per_row) * tile
             n_pos = min(tile, n_seq - s0)
-            tiny = 0  # table values in (0, NARROW_TABLE_MIN): the float32 path's bound would not hold
+            exact_only = False  # float32 tiles with a tiny table value go to the float64 path
             for t in range(n_pos):
                 p = positions[0 if shared_positions else b, s0 + t]
                 for j in range(half):
                     cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
                     c_tile[t, j] = cv
                     s_tile[t, j] = sign * sv
-                    tiny |= ((cv != 0.0) & (abs(cv) < NARROW_TABLE_MIN)) | ((sv != 0.0) & (abs(sv) < NARROW_TABLE_MIN))
-            exact_only = tiny != 0
+                    exact_only |= _tiny_table_value(c_tile, cv) | _tiny_table_value(c_tile, sv)
             _rotate_tensor(x, out, x_scratch, same_q, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
                            token_major, seq_inner, doubt, exact_only)
             if with_k:
