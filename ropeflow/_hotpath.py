@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ._xp import _dtype_names
 from .apply import LAYOUTS, MAX_POSITION
 
 #: Offsets arrays up to this size are range-checked as Python ints (faster than two reductions).
@@ -86,6 +87,28 @@ def host_position_ids(ids: Any, n_batch: int, n_seq: int) -> tuple[np.ndarray, i
         return None
     positions = ids if ids.dtype is _INT64 else ids.astype(np.int64)
     return (positions[None, :] if ids.ndim == 1 else positions), hi + 1
+
+
+def host_table_hit(rope: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``rope(x)`` for a NumPy ``x`` of at least 2 dimensions when the fixed-frequency table for its dtype
+    has already served ``x.shape[-2]`` rows in that dtype (storage dtype, or a memoized cast of the current
+    rows): the memoized ``(cos[:n], sin[:n])`` views, the general path's own objects. None otherwise (the
+    general path runs)."""
+    backend = rope._host_backend
+    shape = x.shape
+    if backend is None or len(shape) < 2:
+        return None
+    name = _dtype_names.get(x.dtype)
+    table = rope._fixed.get((backend.name, "cpu", name))  # keyed by the dtype asked
+    if table is None:
+        return None
+    snap = table._snapshot
+    if table._dtype_name != name:  # a memoized cast (float16/bfloat16 x): current only if made from snap
+        cast = table._casts.get(name)
+        if cast is None or cast.rows != snap.rows:
+            return None
+        snap = cast
+    return snap.views.get(shape[-2])
 
 
 def _in_place(out: Any, q: np.ndarray, k: np.ndarray | None, layout: str) -> bool | None:

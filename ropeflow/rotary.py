@@ -17,7 +17,7 @@ import numpy as np
 
 from . import _xp
 from ._cache import Table, publish, shared_table
-from ._hotpath import host_apply, torch_host_apply
+from ._hotpath import host_apply, host_table_hit, torch_host_apply
 from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata, writable_native
 from .apply import (
     LAYOUTS,
@@ -255,6 +255,10 @@ class RotaryEmbedding:
         """
         if position_ids is not None:
             return self._tables_at(x, seq_len, position_ids)
+        if seq_len is None and type(x) is np.ndarray:  # a table hit on a host array: the hot path, else None
+            pair = host_table_hit(self, x)
+            if pair is not None:
+                return pair
         origin = None
         if type(x) is not np.ndarray:
             meta = torch_cpu_metadata(x) if library_of(x) == "torch" else None

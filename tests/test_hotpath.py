@@ -379,3 +379,52 @@ def test_out_in_place_token_major_and_half_precision(dtype_name, n_seq):
     rope.apply(q, k, offset=offset, seq_axis=-3, out=(q, k))
     np.testing.assert_array_equal(q.view(np.uint8), want_q.view(np.uint8))
     np.testing.assert_array_equal(k.view(np.uint8), want_k.view(np.uint8))
+
+
+@pytest.mark.parametrize("precision", ["reference", "exact"])
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16", "float32", "float64"])
+def test_table_hit_returns_the_general_paths_tables(precision, dtype_name, monkeypatch):
+    """``rope(x)`` on a NumPy x: the hit path hands out the general path's own objects, whose values are the
+    formula written out (reference: the float32 angle, bit for bit; exact: within one rounding of float64
+    math), and nothing stale after the table grows."""
+    from reference import tables_from_inv_freq
+
+    import ropeflow.rotary as rotary
+
+    dtype = _dtype(dtype_name)
+    rope = RotaryEmbedding(16, 32, backend="numba", precision=precision)
+    x = np.zeros((1, 2, 40, 16), dtype)
+    assert rotary.host_table_hit(rope, x) is None  # no table yet
+    general = rope(x)
+    hit = rotary.host_table_hit(rope, x)
+    assert hit is not None and hit[0] is general[0] and hit[1] is general[1]
+    assert rope(x)[0] is general[0]
+    storage = np.float32 if precision == "reference" or dtype_name == "float32" else np.float64
+    inv_freq = rope.inv_freq.astype(np.float32 if precision == "reference" else np.float64)
+    cos_ref, sin_ref = tables_from_inv_freq(inv_freq, 0, 40)
+    if precision == "exact":
+        angles = np.arange(40, dtype=np.float64)[:, None] * rope.inv_freq.astype(np.float64)[None, :]
+        cos_ref, sin_ref = np.cos(np.concatenate([angles, angles], 1)), np.sin(np.concatenate([angles, angles], 1))
+    if precision == "reference":  # the float32 formula, bit for bit
+        np.testing.assert_array_equal(general[0], cos_ref.astype(dtype))
+        np.testing.assert_array_equal(general[1], sin_ref.astype(dtype))
+    else:  # correctly rounded tables: within one rounding of float64 math
+        tol = float(np.finfo(np.float32 if dtype_name == "float32" else np.float64).eps)
+        if dtype_name in ("float16", "bfloat16"):
+            tol = 2.0**-7 if dtype_name == "bfloat16" else 2.0**-10
+        np.testing.assert_allclose(general[0].astype(np.float64), cos_ref.astype(np.float64), rtol=tol, atol=tol)
+        np.testing.assert_allclose(general[1].astype(np.float64), sin_ref.astype(np.float64), rtol=tol, atol=tol)
+    # growth: a longer x builds a new snapshot; a shorter one then reads views of it, never the old ones
+    rope(np.zeros((1, 2, 100, 16), dtype))
+    short = rope(np.zeros((1, 2, 40, 16), dtype))
+    np.testing.assert_array_equal(short[0], general[0])
+    snap = rope._fixed[("numba", "cpu", dtype_name)]._snapshot
+    assert short[0].base is not None and np.shares_memory(short[0], snap.cos if storage == dtype else
+                                                          rope._fixed[("numba", "cpu", dtype_name)]
+                                                          ._casts[dtype_name].cos)
+    # never taken for seq_len, position_ids, 1-D x or another backend's request
+    calls = []
+    monkeypatch.setattr(rotary, "host_table_hit", lambda *a: calls.append(a))
+    rope(x, 40)
+    rope(x, position_ids=np.arange(40))
+    assert calls == []
