@@ -10,7 +10,10 @@ Python steps, for the common case only:
 * a fixed-frequency embedding whose table already holds the rows asked (a cache hit).
 
 Anything else, including every invalid argument, returns None and the general path runs, so errors and
-results are the general path's own. The kernel call is the same one, with the same arguments.
+results are the general path's own. The kernel call is the same one, with the same arguments, except that
+on the Numba backend the positions go to the kernel unchecked (first positions or ids as 1-D int64): the
+kernel checks them against the table before it writes anything and reports a miss, and the general path
+then runs. :func:`host_table_hit` is the same idea for ``rope(x)``: the memoized table views, or None.
 """
 
 from __future__ import annotations
@@ -111,6 +114,37 @@ def host_table_hit(rope: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray] | 
     return snap.views.get(shape[-2])
 
 
+def host_starts(offset: Any, n_batch: int) -> np.ndarray | None:
+    """``offset`` as 1-D int64 first positions, ``(1,)`` for an int or ``(n_batch,)``, unchecked against any
+    table (the kernel does that); None when it is not an int in ``[0, MAX_POSITION]`` or a ``(n_batch,)``
+    NumPy integer array (the general path then reports it)."""
+    if type(offset) is int:
+        return np.array((offset,), dtype=np.int64) if 0 <= offset <= MAX_POSITION else None
+    if type(offset) is not np.ndarray or offset.shape != (n_batch,) or offset.dtype.kind not in "iu":
+        return None
+    # values past int64 wrap to negative ones, which the kernel refuses
+    return offset if offset.dtype is _INT64 else offset.astype(np.int64)
+
+
+def host_ids(ids: Any, n_batch: int, n_seq: int) -> np.ndarray | None:
+    """``position_ids`` of shape ``(seq,)`` or ``(batch, seq)`` as 1-D int64 ``(seq,)`` or ``(batch * seq,)``
+    (row-major), unchecked against any table (the kernel does that); None when ``ids`` is not such a NumPy
+    integer array (the general path then reports it)."""
+    if type(ids) is not np.ndarray or ids.dtype.kind not in "iu":
+        return None
+    if ids.shape != ((n_seq,) if ids.ndim == 1 else (n_batch, n_seq)):
+        return None
+    if ids.dtype is not _INT64 or not ids.flags.c_contiguous:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+    return ids if ids.ndim == 1 else ids.reshape(-1)
+
+
+def _outputs(q: np.ndarray, k: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    if in_place:
+        return q, k
+    return np.empty_like(q), None if k is None else np.empty_like(k)
+
+
 def _in_place(out: Any, q: np.ndarray, k: np.ndarray | None, layout: str) -> bool | None:
     """For ``out``: False (None: new arrays), True (exactly ``(q, k)``, writeable, q and k disjoint, a layout
     that rotates element for element), or None (any other ``out``: the general path checks it)."""
@@ -146,6 +180,28 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         return None
     if k is not None and (k.shape[3] < dim or k.shape[0] != n_batch or k.shape[seq_axis] != n_seq):
         return None
+    backend = rope._host_backend or rope._resolve_host()
+    table = rope._fixed.get((backend.name, "cpu", table_dtype))
+    if table is None or table._dtype_name != table_dtype:
+        return None
+    snap = table._snapshot
+    if snap.cos is None:
+        return None
+    in_place = _in_place(out, q, k, layout)
+    if in_place is None:
+        return None
+    hot = getattr(backend, "apply_hot", None)
+    if hot is not None:  # the kernel checks the positions against the table itself
+        if position_ids is None:
+            positions, starts = host_starts(offset, n_batch), True
+        else:
+            positions, starts = host_ids(position_ids, n_batch, n_seq), False
+        if positions is None:
+            return None
+        q_out, k_out = _outputs(q, k, in_place)
+        if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, starts, layout, dim, seq_axis == -3):
+            return None  # nothing written: the general path grows the table or reports the positions
+        return q_out, k_out
     if position_ids is None:
         rows = host_positions(offset, n_batch, n_seq)
     else:
@@ -153,27 +209,10 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     if rows is None:
         return None
     positions, longest = rows
-    if rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS:
+    if snap.rows < longest or (rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS):
         return None
-    backend = rope._host_backend or rope._resolve_host()
-    table = rope._fixed.get((backend.name, "cpu", table_dtype))
-    if table is None or table._dtype_name != table_dtype:
-        return None
-    snap = table._snapshot
-    if snap.rows < longest or snap.cos is None:
-        return None
-    in_place = _in_place(out, q, k, layout)
-    if in_place is None:
-        return None
-    if in_place:
-        q_out, k_out = q, k
-    else:
-        q_out = np.empty_like(q)
-        k_out = None if k is None else np.empty_like(k)
-    fresh = getattr(backend, "apply_fresh", None)
-    if fresh is not None:
-        fresh(q, q_out, k, k_out, snap.cos, snap.sin, positions, layout, dim, seq_axis == -3)
-    elif seq_axis == -2:
+    q_out, k_out = _outputs(q, k, in_place)
+    if seq_axis == -2:
         backend.apply(q, q_out, snap.cos, snap.sin, positions, layout, dim, False, k=k, k_out=k_out)
     else:
         backend.apply(q.transpose(0, 2, 1, 3), q_out.transpose(0, 2, 1, 3), snap.cos, snap.sin, positions, layout,

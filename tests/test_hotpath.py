@@ -428,3 +428,44 @@ def test_table_hit_returns_the_general_paths_tables(precision, dtype_name, monke
     rope(x, 40)
     rope(x, position_ids=np.arange(40))
     assert calls == []
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "float32"])
+@pytest.mark.parametrize("token_major", [False, True])
+def test_kernel_checks_positions_against_the_table_before_writing(dtype_name, token_major):
+    """The numba hot path hands unchecked positions to the kernel, which refuses any outside
+    ``[0, rows)`` (first positions: the last one ``+ seq - 1``) before it writes anything, new outputs or in
+    place; at the edge it rotates, equal to the formula written out (:func:`reference.apply_naive`)."""
+    from ropeflow.backends import get_backend
+
+    backend = get_backend("numba")
+    rows, n_seq = 12, 3
+    rng = np.random.default_rng(5)
+    cos = rng.uniform(-1, 1, (rows, 8)).astype(np.float32)
+    sin = rng.uniform(-1, 1, (rows, 8)).astype(np.float32)
+    dtype = np.dtype(dtype_name)
+    shape = (2, n_seq, 4, 16) if token_major else (2, 4, n_seq, 16)
+    q = rng.standard_normal(shape).astype(dtype)
+    k = rng.standard_normal(shape).astype(dtype)
+    refused = [
+        (np.array([0, rows - n_seq + 1]), True), (np.array([-1, 0]), True), (np.array([rows]), True),
+        (np.array([0, 1, 2, 3, 4, rows]), False), (np.array([0, -1, 2]), False), (np.array([rows, 0, 1]), False),
+    ]
+    for positions, starts in refused:
+        q_out, k_out = np.full_like(q, 7), np.full_like(k, 7)
+        assert not backend.apply_hot(q, q_out, k, k_out, cos, sin, positions, starts, "half", 16, token_major)
+        assert (q_out == 7).all() and (k_out == 7).all()
+        q_in, k_in = q.copy(), k.copy()
+        assert not backend.apply_hot(q_in, q_in, k_in, k_in, cos, sin, positions, starts, "half", 16, token_major)
+        np.testing.assert_array_equal(q_in, q)
+        np.testing.assert_array_equal(k_in, k)
+    accepted = [(np.array([rows - n_seq, 0]), True, [[9, 10, 11], [0, 1, 2]]), (np.array([rows - n_seq]), True,
+                [[9, 10, 11]] * 2), (np.array([11, 0, 5, 1, 2, 3]), False, [[11, 0, 5], [1, 2, 3]]),
+                (np.array([4, 11, 0]), False, [[4, 11, 0]] * 2)]
+    for positions, starts, expected_rows in accepted:
+        q_out, k_out = np.empty_like(q), np.empty_like(k)
+        assert backend.apply_hot(q, q_out, k, k_out, cos, sin, positions, starts, "half", 16, token_major)
+        seq_axis = -3 if token_major else -2
+        for x, got in ((q, q_out), (k, k_out)):
+            want = apply_naive(np.moveaxis(x, seq_axis, -2), cos, sin, np.array(expected_rows), "half", 16)
+            np.testing.assert_array_equal(np.moveaxis(got, seq_axis, -2), want.astype(dtype))

@@ -885,6 +885,7 @@ def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layo
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
 # dispatcher types every argument on every call, about 0.1 us each). Bits 0-1 hold the layout code.
 _INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER, _SAME_Q, _SAME_K = 4, 8, 16, 32, 64, 128, 256, 512
+_STARTS = 1024
 
 
 @_parallel_kernel
@@ -894,7 +895,13 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     cos/sin rows once (sign applied; to float64, or float32 for float16/bfloat16 inputs with float32 tables:
     see :func:`_rotate_narrow`) and rotates every head of q and of k there (head counts and
     head dims may differ between q and k; their batch and seq are equal). Tiles are split into contiguous
-    chunks, one parallel iteration each (at most ``max_chunks``). positions: (B, S) or (1, S) rows of cos/sin.
+    chunks, one parallel iteration each (at most ``max_chunks``).
+
+    positions: 1-D int64. With the ``_STARTS`` flag, ``(B,)`` or ``(1,)`` first positions (sequence index s
+    reads row ``positions[b] + s``); else ids, ``(B * S,)`` (row-major (B, S)) or ``(S,)`` shared by every
+    batch row. Every position is checked against the table before anything is written: the return value
+    is 0 when all lie in ``[0, cos.shape[0])``, else 1 and nothing was written (the hot path then runs the
+    general path, which grows the table or reports the bad argument).
 
     flags: the layout code (0 "half", 1 "interleaved", 2 "deepseek") in bits 0-1, and the ``_INVERSE``,
     ``_COPY_Q``/``_COPY_K`` (pass channels past ``rotary_dim`` through), ``_TOKEN_MAJOR``, ``_WITH_K``,
@@ -902,18 +909,24 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     which moves channels within a row) bits. Arrays are (B, H, S, D), any strides; with ``_TOKEN_MAJOR`` they
     are passed as (B, S, H, D) (their memory order, typically C-contiguous, so that the rows are unit-stride
     for LLVM)."""
+    n_batch = x.shape[0]
+    n_seq = x.shape[1] if flags & _TOKEN_MAJOR else x.shape[2]
+    starts = (flags & _STARTS) != 0
+    n_rows = cos.shape[0]
+    top = n_rows - n_seq if starts else n_rows - 1  # the largest valid value in positions
+    for i in range(positions.shape[0]):
+        if positions[i] < 0 or positions[i] > top:
+            return 1
+    shared_positions = positions.shape[0] == 1 if starts else positions.shape[0] == n_seq
     layout = flags & 3
     sign = -1.0 if flags & _INVERSE else 1.0
     copy_q, copy_k = (flags & _COPY_Q) != 0, (flags & _COPY_K) != 0
     token_major, with_k, seq_inner = (flags & _TOKEN_MAJOR) != 0, (flags & _WITH_K) != 0, (flags & _SEQ_INNER) != 0
     same_q, same_k = (flags & _SAME_Q) != 0, (flags & _SAME_K) != 0
-    n_batch = x.shape[0]
-    n_seq = x.shape[1] if token_major else x.shape[2]
     half = rotary_dim // 2
     tiles_per_row = (n_seq + tile - 1) // tile
     n_tiles = n_batch * tiles_per_row
     n_chunks = max(1, min(n_tiles, max_chunks))
-    shared_positions = positions.shape[0] == 1
     for chunk in prange(n_chunks):
         c_tile = _table_tile(x, cos, tile, half)
         s_tile = _table_tile(x, cos, tile, half)
@@ -925,8 +938,10 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             s0 = (g - b * tiles_per_row) * tile
             n_pos = min(tile, n_seq - s0)
             exact_only = False  # float32 tiles with a tiny table value go to the float64 path
+            row = 0 if shared_positions else b
+            first = positions[row] + s0 if starts else row * n_seq + s0  # a position, or an index into ids
             for t in range(n_pos):
-                p = positions[0 if shared_positions else b, s0 + t]
+                p = first + t if starts else positions[first + t]
                 for j in range(half):
                     cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
                     c_tile[t, j] = cv
@@ -937,6 +952,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             if with_k:
                 _rotate_tensor(k, k_out, k_scratch, same_k, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
                                copy_k, token_major, seq_inner, doubt, exact_only)
+    return 0
 
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
@@ -988,7 +1004,8 @@ class NumbaBackend:
               k_out: np.ndarray | None = None) -> None:
         """Rotate ``x`` into ``out`` (and ``k`` into ``k_out``) in one fused launch (see :func:`_apply_tiles`).
 
-        x, out, k, k_out: (B, H, S, D) views (q and k share B and S); positions: (B, S) or (1, S) int64.
+        x, out, k, k_out: (B, H, S, D) views (q and k share B and S); positions: (B, S) or (1, S) int64, rows
+        of ``cos``/``sin`` (checked by the caller).
         Strided views are read in place; only an in-place "deepseek" call (which permutes channels within a
         row) copies its input first. Work below :data:`SERIAL_ELEMENTS` elements runs on the calling thread
         (the serial twin: same code, same bits), since waking the thread pool costs more than it saves.
@@ -1001,23 +1018,29 @@ class NumbaBackend:
             flags |= _tensor_flags(k, k_out, layout, rotary_dim, _COPY_K, _SAME_K)
             if layout == "deepseek" and np.may_share_memory(k, k_out):
                 k = k.copy()
-        _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, False)
+        ids = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        if _launch(x, out, k, k_out, cos, sin, ids, flags, rotary_dim, False):
+            raise ValueError(f"positions: must lie in [0, {cos.shape[0]}), the rows of the table given")
 
-    def apply_fresh(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
-                    cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, layout: str, rotary_dim: int,
-                    token_major: bool) -> None:
+    def apply_hot(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
+                  cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, starts: bool, layout: str,
+                  rotary_dim: int, token_major: bool) -> bool:
         """:meth:`apply` (forward) into ``out``/``k_out`` freshly allocated by the caller, so that they share
         no memory with anything, or in place (``out is x``, ``k_out is k``; not "deepseek"): the hot path's
         entry, without the aliasing checks. With ``token_major`` the arrays are (B, S, H, D) (``seq_axis=-3``),
-        else (B, H, S, D)."""
-        flags = _LAYOUT_CODES[layout]
+        else (B, H, S, D).
+
+        positions: 1-D int64, unchecked: first positions ``(B,)`` or ``(1,)`` (``starts``), or ids ``(B * S,)``
+        or ``(S,)``. Returns False, having written nothing, when a position lies outside the table (or is
+        negative): the caller then runs the general path."""
+        flags = _LAYOUT_CODES[layout] | (_STARTS if starts else 0)
         if out is x:
             flags |= _SAME_Q
         elif rotary_dim < x.shape[3]:
             flags |= _COPY_Q
         if k is not None:
             flags |= _SAME_K if k_out is k else _COPY_K if rotary_dim < k.shape[3] else 0
-        _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, token_major)
+        return not _launch(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, token_major)
 
 
 def _tensor_flags(x: np.ndarray, out: np.ndarray, layout: str, rotary_dim: int, copy_bit: int, same_bit: int
@@ -1030,8 +1053,9 @@ def _tensor_flags(x: np.ndarray, out: np.ndarray, layout: str, rotary_dim: int, 
 
 
 def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None, cos: np.ndarray,
-            sin: np.ndarray, positions: np.ndarray, flags: int, rotary_dim: int, token_major: bool) -> None:
-    """Choose the walk and the kernel, then run :func:`_apply_tiles` (``k`` None: q alone). The arrays are (B,
+            sin: np.ndarray, positions: np.ndarray, flags: int, rotary_dim: int, token_major: bool) -> int:
+    """Choose the walk and the kernel, then run :func:`_apply_tiles` (``k`` None: q alone) and return its
+    result (0: done; 1: a position outside the table, nothing written). The arrays are (B,
     H, S, D), or (B, S, H, D) with ``token_major``; they are walked in memory order: token-major when the head
     stride is the smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise. float16 and bfloat16
     arrays travel as 16-bit integer views."""
@@ -1054,14 +1078,13 @@ def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndar
         flags |= _TOKEN_MAJOR
     work = x.size + k.size if flags & _WITH_K else x.size
     if work < SERIAL_ELEMENTS:
-        _apply_tiles.serial(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, TILE, 1)
-        return
+        return _apply_tiles.serial(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, TILE, 1)
     # head-major memory is read in runs of `tile` rows per head: at least RUN_BYTES of them, so that the
     # prefetchers (which stop at 4 KB page boundaries) keep up
     tile, chunks, n_batch = min(MAX_TILE, max(TILE, RUN_BYTES // max(1, x.shape[3] * x.itemsize))), _CHUNKS, x.shape[0]
     while tile > 1 and n_batch * -(-n_seq // tile) < chunks:  # smaller tiles until every chunk has one
         tile //= 2
-    _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, chunks)
+    return _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, chunks)
 
 
 def make_backend() -> NumbaBackend:
