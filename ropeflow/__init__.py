@@ -15,6 +15,7 @@ from .apply import apply_rotary
 from .backends import available_backends
 from .config import layer_types, softmax_scale
 from .multimodal import mrope_position_ids
+from .plan import ApplyPlan
 from .positions import mrope_axes, positions_from_cu_seqlens
 from .rotary import RotaryEmbedding
 from .scaling import (
@@ -34,6 +35,7 @@ from .scaling import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "ApplyPlan",
     "BackendUnavailableError",
     "DynamicScaling",
     "Frequencies",

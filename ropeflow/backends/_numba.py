@@ -1024,6 +1024,11 @@ class NumbaBackend:
         if _launch(x, out, k, k_out, cos, sin, ids, flags, rotary_dim, False):
             raise ValueError(f"positions: must lie in [0, {cos.shape[0]}), the rows of the table given")
 
+    def prepare_apply(self, q: np.ndarray, k: np.ndarray | None, layout: str, rotary_dim: int,
+                      token_major: bool) -> PreparedApply:
+        """A :class:`PreparedApply` for arrays like ``q`` and ``k`` (``RotaryEmbedding.plan``)."""
+        return PreparedApply(q, k, layout, rotary_dim, token_major)
+
     def apply_hot(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
                   cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, starts: bool, layout: str,
                   rotary_dim: int, token_major: bool) -> bool:
@@ -1056,37 +1061,99 @@ def _tensor_flags(x: np.ndarray, out: np.ndarray, layout: str, rotary_dim: int, 
 
 def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None, cos: np.ndarray,
             sin: np.ndarray, positions: np.ndarray, flags: int, rotary_dim: int, token_major: bool) -> int:
-    """Choose the walk and the kernel, then run :func:`_apply_tiles` (``k`` None: q alone) and return its
-    result (0: done; 1: a position outside the table, nothing written). The arrays are (B,
-    H, S, D), or (B, S, H, D) with ``token_major``; they are walked in memory order: token-major when the head
-    stride is the smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise. float16 and bfloat16
-    arrays travel as 16-bit integer views."""
-    if k is None:
-        k, k_out = x, out
-    else:
-        flags |= _WITH_K
-    view = _RAW_VIEWS.get(x.dtype.char)
-    if view is not None:
-        x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
-    head_axis, seq_axis = (2, 1) if token_major else (1, 2)
-    n_seq = x.shape[seq_axis]
-    if n_seq > 1:
-        if x.shape[head_axis] > 1 and (abs(x.strides[head_axis]) < abs(x.strides[seq_axis])) != token_major:
+    """Choose the walk and the kernel (:class:`_Walk`), then run :func:`_apply_tiles` (``k`` None: q alone)
+    and return its result (0: done; 1: a position outside the table, nothing written). The arrays are (B, H,
+    S, D), or (B, S, H, D) with ``token_major``."""
+    return _Walk(x, k, flags, token_major).run(x, out, k, k_out, cos, sin, positions, flags, rotary_dim)
+
+
+class _Walk:
+    """How :func:`_apply_tiles` walks arrays of one shape, strides and dtype (q's; k shares its batch and
+    seq), decided once: the arrays are walked in memory order, token-major when the head stride is the
+    smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise; float16 and bfloat16 arrays
+    travel as 16-bit integer views; work below :data:`SERIAL_ELEMENTS` runs serially, the rest in tiles of
+    at least :data:`RUN_BYTES` per head-major run. :class:`PreparedApply` keeps one per shape."""
+
+    __slots__ = ("view", "transpose", "walk_flags", "tile", "chunks", "serial")
+
+    def __init__(self, x: np.ndarray, k: np.ndarray | None, flags: int, token_major: bool) -> None:
+        self.view = _RAW_VIEWS.get(x.dtype.char)
+        head_axis, seq_axis = (2, 1) if token_major else (1, 2)
+        n_seq = x.shape[seq_axis]
+        self.transpose = n_seq > 1 and x.shape[head_axis] > 1 \
+            and (abs(x.strides[head_axis]) < abs(x.strides[seq_axis])) != token_major
+        token_major = token_major != self.transpose
+        self.walk_flags = (0 if k is None else _WITH_K) | (_TOKEN_MAJOR if token_major else 0) \
+            | (_SEQ_INNER if n_seq > 1 and not token_major else 0)
+        work = x.size + (0 if k is None else k.size)
+        self.serial = work < SERIAL_ELEMENTS
+        # head-major memory is read in runs of `tile` rows per head: at least RUN_BYTES of them, so that the
+        # prefetchers (which stop at 4 KB page boundaries) keep up
+        tile = TILE if self.serial else min(MAX_TILE, max(TILE, RUN_BYTES // max(1, x.shape[3] * x.itemsize)))
+        n_batch = x.shape[0]
+        while not self.serial and tile > 1 and n_batch * -(-n_seq // tile) < _CHUNKS:
+            tile //= 2  # smaller tiles until every chunk has one
+        self.tile, self.chunks = tile, 1 if self.serial else _CHUNKS
+
+    def run(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
+            cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, flags: int, rotary_dim: int) -> int:
+        """:func:`_apply_tiles` on arrays of the shape, strides and dtype this walk was made for."""
+        if k is None:
+            k, k_out = x, out
+        view = self.view
+        if view is not None:
+            x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
+        if self.transpose:
             x, out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (x, out, k, k_out))
-            token_major = not token_major
-        if not token_major:
-            flags |= _SEQ_INNER
-    if token_major:
-        flags |= _TOKEN_MAJOR
-    work = x.size + k.size if flags & _WITH_K else x.size
-    if work < SERIAL_ELEMENTS:
-        return _apply_tiles.serial(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, TILE, 1)
-    # head-major memory is read in runs of `tile` rows per head: at least RUN_BYTES of them, so that the
-    # prefetchers (which stop at 4 KB page boundaries) keep up
-    tile, chunks, n_batch = min(MAX_TILE, max(TILE, RUN_BYTES // max(1, x.shape[3] * x.itemsize))), _CHUNKS, x.shape[0]
-    while tile > 1 and n_batch * -(-n_seq // tile) < chunks:  # smaller tiles until every chunk has one
-        tile //= 2
-    return _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, chunks)
+        kernel = _apply_tiles.serial if self.serial else _apply_tiles
+        return kernel(x, out, k, k_out, cos, sin, positions, flags | self.walk_flags, rotary_dim, self.tile,
+                      self.chunks)
+
+
+class PreparedApply:
+    """:meth:`NumbaBackend.apply_hot` for q (and k) of one shape, strides and dtype, with the flags, the walk
+    and the kernel decided once (:meth:`RotaryEmbedding.plan`): a call checks only that its arrays match."""
+
+    __slots__ = ("shape", "strides", "dtype", "k_shape", "k_strides", "flags", "rotary_dim", "view",
+                 "transpose", "tile", "chunks", "kernel")
+
+    def __init__(self, q: np.ndarray, k: np.ndarray | None, layout: str, rotary_dim: int, token_major: bool
+                 ) -> None:
+        self.shape, self.strides, self.dtype = q.shape, q.strides, q.dtype
+        self.k_shape = None if k is None else k.shape
+        self.k_strides = None if k is None else k.strides
+        flags = _LAYOUT_CODES[layout] | (_COPY_Q if rotary_dim < q.shape[3] else 0)
+        if k is not None and rotary_dim < k.shape[3]:
+            flags |= _COPY_K
+        walk = _Walk(q, k, flags, token_major)
+        self.flags, self.rotary_dim = flags | walk.walk_flags, rotary_dim
+        self.view, self.transpose, self.tile, self.chunks = walk.view, walk.transpose, walk.tile, walk.chunks
+        # the serial twin is safe in every process state; the parallel kernel object chooses per launch
+        self.kernel = _apply_tiles.serial if walk.serial else _apply_tiles
+
+    def matches(self, q: Any, k: Any) -> bool:
+        """Whether ``q`` and ``k`` are NumPy arrays of the planned shapes, strides and dtype."""
+        if type(q) is not np.ndarray or q.shape != self.shape or q.strides != self.strides \
+                or q.dtype != self.dtype:
+            return False
+        if k is None:
+            return self.k_shape is None
+        return type(k) is np.ndarray and k.shape == self.k_shape and k.strides == self.k_strides \
+            and k.dtype == self.dtype
+
+    def __call__(self, q: np.ndarray, q_out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
+                 cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, starts: bool) -> bool:
+        """Rotate matching arrays (see :meth:`matches`) into fresh ``q_out``/``k_out``, as
+        :meth:`NumbaBackend.apply_hot` does; False, with nothing written, at a position outside the table."""
+        if k is None:
+            k, k_out = q, q_out
+        view = self.view
+        if view is not None:
+            q, q_out, k, k_out = q.view(view), q_out.view(view), k.view(view), k_out.view(view)
+        if self.transpose:
+            q, q_out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (q, q_out, k, k_out))
+        return not self.kernel(q, q_out, k, k_out, cos, sin, positions, self.flags | (_STARTS if starts else 0),
+                               self.rotary_dim, self.tile, self.chunks)
 
 
 def make_backend() -> NumbaBackend:

@@ -6,8 +6,9 @@ head-major and token-major memory (``seq_axis=-3``), and float16 / bfloat16 pref
 code, a jitted JAX rotation, MLX's ``mx.fast.rope`` and ggml's rope (llama.cpp's kernel, through ggml-python)
 where those are installed (``_peers``: each checked against ropeflow's output before it is timed), and a
 plain copy of q and k (into preallocated arrays, and into new ones). "half" layout (the seed's
-``rotate_half`` form). GPU: prefill and decode shapes, median of ``repeats`` after a warm-up, CUDA events,
-against the seed's code on CUDA and a device-to-device copy.
+``rotate_half`` form). The decode cases are also timed through ``RotaryEmbedding.plan`` (printed under the
+table, ``notes["numba_plan_us"]`` in the JSON). GPU: prefill and decode shapes, median of ``repeats`` after
+a warm-up, CUDA events, against the seed's code on CUDA and a device-to-device copy.
 Not a test: nothing here asserts a timing.
 """
 
@@ -177,6 +178,9 @@ def _ropeflow_times(case: tuple[Any, ...], repeats: int, progress: Progress) -> 
         rope = ropeflow.RotaryEmbedding(shape[3], TABLE_LEN, backend=backend)
         rope.cos_sin(TABLE_LEN)
         times[backend] = _per_call(lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis), repeats)
+    if label.startswith("decode"):  # the same calls through a plan (RotaryEmbedding.plan)
+        step = rope.plan(q, k, seq_axis=seq_axis)
+        times["numba plan"] = _per_call(lambda: step(q, k, offset=offsets), repeats)
     qo, ko = np.empty_like(q), np.empty_like(k)
     progress.step(f"copy {name}")
     times["copy"] = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
@@ -266,6 +270,11 @@ def cpu_main(repeats: int, quick: bool = False, progress: Progress | None = None
                       + " ".join(f"{times[c] * 1e3:9.4f}" for c in CPU_COLUMNS)
                       + f"  {times['torch'] / nb:10.2f}x {nb / times['new copy']:13.2f}x "
                         f"{times['numba out'] / times['copy']:11.2f}x")
+    planned = [(case[0], times["numba plan"]) for case, times in zip(cases, ours, strict=True) if "numba plan" in times]
+    if planned:
+        res["notes"]["numba_plan_us"] = {label: t * 1e6 for label, t in planned}
+        progress.echo("\nthe decode calls through rope.plan(q, k): "
+                      + ", ".join(f"{label} {t * 1e6:.1f} us" for label, t in planned))
     if peer_notes:
         res["notes"]["peers"] = peer_notes
         progress.echo("\nempty (nan) peer cells:\n" + "\n".join(f"  {n}" for n in peer_notes))
