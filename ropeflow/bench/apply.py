@@ -6,9 +6,10 @@ head-major and token-major memory (``seq_axis=-3``), and float16 / bfloat16 pref
 code, a jitted JAX rotation, MLX's ``mx.fast.rope`` and ggml's rope (llama.cpp's kernel, through ggml-python)
 where those are installed (``_peers``: each checked against ropeflow's output before it is timed), and a
 plain copy of q and k (into preallocated arrays, and into new ones). "half" layout (the seed's
-``rotate_half`` form). The decode cases are also timed through ``RotaryEmbedding.plan`` (printed under the
-table, ``notes["numba_plan_us"]`` in the JSON). GPU: prefill and decode shapes, median of ``repeats`` after
-a warm-up, CUDA events, against the seed's code on CUDA and a device-to-device copy.
+``rotate_half`` form). The decode cases are also timed through ``RotaryEmbedding.plan``, in rounds
+alternating with ``apply``'s (printed under the table, ``notes["numba_plan_us"]`` in the JSON). GPU: prefill
+and decode shapes, median of ``repeats`` after a warm-up, CUDA events, against the seed's code on CUDA and a
+device-to-device copy.
 Not a test: nothing here asserts a timing.
 """
 
@@ -79,6 +80,16 @@ def _per_call(fn: Any, repeats: int, min_seconds: float = 0.02) -> float:
     while best_of(batch, 1) < min_seconds and calls < 1 << 16:
         calls *= 4
     return best_of(batch, repeats) / calls
+
+
+def _per_call_interleaved(fns: list[Any], repeats: int) -> list[float]:
+    """:func:`_per_call` for several functions whose rounds alternate (round i of each, then round i + 1),
+    so that a change of the machine's speed between minutes does not favour one of them."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], _per_call(fn, 1))
+    return best
 
 
 def _jax_rotate() -> Any:
@@ -177,10 +188,13 @@ def _ropeflow_times(case: tuple[Any, ...], repeats: int, progress: Progress) -> 
         progress.step(f"{backend} {name}")
         rope = ropeflow.RotaryEmbedding(shape[3], TABLE_LEN, backend=backend)
         rope.cos_sin(TABLE_LEN)
-        times[backend] = _per_call(lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis), repeats)
-    if label.startswith("decode"):  # the same calls through a plan (RotaryEmbedding.plan)
-        step = rope.plan(q, k, seq_axis=seq_axis)
-        times["numba plan"] = _per_call(lambda: step(q, k, offset=offsets), repeats)
+        call = lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis)  # noqa: E731
+        if backend == "numba" and label.startswith("decode"):  # also through a plan, rounds interleaved
+            step = rope.plan(q, k, seq_axis=seq_axis)
+            times[backend], times["numba plan"] = _per_call_interleaved(
+                [call, lambda: step(q, k, offset=offsets)], repeats)
+        else:
+            times[backend] = _per_call(call, repeats)
     qo, ko = np.empty_like(q), np.empty_like(k)
     progress.step(f"copy {name}")
     times["copy"] = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
