@@ -1074,7 +1074,7 @@ class _Walk:
     travel as 16-bit integer views; work below :data:`SERIAL_ELEMENTS` runs serially, the rest in tiles of
     at least :data:`RUN_BYTES` per head-major run. :class:`PreparedApply` keeps one per shape."""
 
-    __slots__ = ("view", "transpose", "walk_flags", "tile", "chunks", "serial")
+    __slots__ = ("view", "transpose", "walk_flags", "tile", "chunks", "serial", "kernel")
 
     def __init__(self, x: np.ndarray, k: np.ndarray | None, flags: int, token_major: bool) -> None:
         self.view = _RAW_VIEWS.get(x.dtype.char)
@@ -1094,6 +1094,8 @@ class _Walk:
         while not self.serial and tile > 1 and n_batch * -(-n_seq // tile) < _CHUNKS:
             tile //= 2  # smaller tiles until every chunk has one
         self.tile, self.chunks = tile, 1 if self.serial else _CHUNKS
+        # the serial twin is safe in every process state; the parallel kernel object chooses per launch
+        self.kernel = _apply_tiles.serial if self.serial else _apply_tiles
 
     def run(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
             cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, flags: int, rotary_dim: int) -> int:
@@ -1105,17 +1107,15 @@ class _Walk:
             x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
         if self.transpose:
             x, out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (x, out, k, k_out))
-        kernel = _apply_tiles.serial if self.serial else _apply_tiles
-        return kernel(x, out, k, k_out, cos, sin, positions, flags | self.walk_flags, rotary_dim, self.tile,
-                      self.chunks)
+        return self.kernel(x, out, k, k_out, cos, sin, positions, flags | self.walk_flags, rotary_dim, self.tile,
+                           self.chunks)
 
 
 class PreparedApply:
-    """:meth:`NumbaBackend.apply_hot` for q (and k) of one shape, strides and dtype, with the flags, the walk
-    and the kernel decided once (:meth:`RotaryEmbedding.plan`): a call checks only that its arrays match."""
+    """:meth:`NumbaBackend.apply_hot` for q (and k) of one shape, strides and dtype, with the flags and the
+    walk decided once (:meth:`RotaryEmbedding.plan`): a call checks only that its arrays match."""
 
-    __slots__ = ("shape", "strides", "dtype", "k_shape", "k_strides", "flags", "rotary_dim", "view",
-                 "transpose", "tile", "chunks", "kernel")
+    __slots__ = ("shape", "strides", "dtype", "k_shape", "k_strides", "flags", "rotary_dim", "walk")
 
     def __init__(self, q: np.ndarray, k: np.ndarray | None, layout: str, rotary_dim: int, token_major: bool
                  ) -> None:
@@ -1125,11 +1125,8 @@ class PreparedApply:
         flags = _LAYOUT_CODES[layout] | (_COPY_Q if rotary_dim < q.shape[3] else 0)
         if k is not None and rotary_dim < k.shape[3]:
             flags |= _COPY_K
-        walk = _Walk(q, k, flags, token_major)
-        self.flags, self.rotary_dim = flags | walk.walk_flags, rotary_dim
-        self.view, self.transpose, self.tile, self.chunks = walk.view, walk.transpose, walk.tile, walk.chunks
-        # the serial twin is safe in every process state; the parallel kernel object chooses per launch
-        self.kernel = _apply_tiles.serial if walk.serial else _apply_tiles
+        self.flags, self.rotary_dim = flags, rotary_dim
+        self.walk = _Walk(q, k, flags, token_major)
 
     def matches(self, q: Any, k: Any) -> bool:
         """Whether ``q`` and ``k`` are NumPy arrays of the planned shapes, strides and dtype."""
@@ -1145,15 +1142,8 @@ class PreparedApply:
                  cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, starts: bool) -> bool:
         """Rotate matching arrays (see :meth:`matches`) into fresh ``q_out``/``k_out``, as
         :meth:`NumbaBackend.apply_hot` does; False, with nothing written, at a position outside the table."""
-        if k is None:
-            k, k_out = q, q_out
-        view = self.view
-        if view is not None:
-            q, q_out, k, k_out = q.view(view), q_out.view(view), k.view(view), k_out.view(view)
-        if self.transpose:
-            q, q_out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (q, q_out, k, k_out))
-        return not self.kernel(q, q_out, k, k_out, cos, sin, positions, self.flags | (_STARTS if starts else 0),
-                               self.rotary_dim, self.tile, self.chunks)
+        return not self.walk.run(q, q_out, k, k_out, cos, sin, positions, self.flags | (_STARTS if starts else 0),
+                                 self.rotary_dim)
 
 
 def make_backend() -> NumbaBackend:
