@@ -422,7 +422,10 @@ def test_table_hit_returns_the_general_paths_tables(precision, dtype_name, monke
     assert short[0].base is not None and np.shares_memory(short[0], snap.cos if storage == dtype else
                                                           rope._fixed[("numba", "cpu", dtype_name)]
                                                           ._casts[dtype_name].cos)
-    # never taken for seq_len, position_ids, 1-D x or another backend's request
+    # never taken for seq_len or position_ids; 1-D x: None, and the general path's error
+    assert rotary.host_table_hit(rope, np.zeros(16, dtype)) is None
+    with pytest.raises(ValueError, match="x: needs at least 2 dimensions"):
+        rope(np.zeros(16, dtype))
     calls = []
     monkeypatch.setattr(rotary, "host_table_hit", lambda *a: calls.append(a))
     rope(x, 40)
@@ -462,6 +465,20 @@ def test_kernel_checks_positions_against_the_table_before_writing(dtype_name, to
     accepted = [(np.array([rows - n_seq, 0]), True, [[9, 10, 11], [0, 1, 2]]), (np.array([rows - n_seq]), True,
                 [[9, 10, 11]] * 2), (np.array([11, 0, 5, 1, 2, 3]), False, [[11, 0, 5], [1, 2, 3]]),
                 (np.array([4, 11, 0]), False, [[4, 11, 0]] * 2)]
+    # the parallel kernel (work above SERIAL_ELEMENTS) refuses the same way
+    from ropeflow.backends._numba import SERIAL_ELEMENTS
+
+    long_seq = SERIAL_ELEMENTS // 16
+    long_cos = rng.uniform(-1, 1, (long_seq + 4, 8)).astype(np.float32)
+    big_q = rng.standard_normal((2, 2, long_seq, 16) if not token_major else (2, long_seq, 2, 16)).astype(dtype)
+    for positions in (np.array([0, 5]), np.array([-1, 0])):
+        big_out = np.full_like(big_q, 7)
+        assert not backend.apply_hot(big_q, big_out, None, None, long_cos, long_cos, positions, True, "half", 16,
+                                     token_major)
+        assert (big_out == 7).all()
+    assert backend.apply_hot(big_q, big_out, None, None, long_cos, long_cos, np.array([4, 0]), True, "half", 16,
+                             token_major)
+    assert not (big_out == 7).any()
     for positions, starts, expected_rows in accepted:
         q_out, k_out = np.empty_like(q), np.empty_like(k)
         assert backend.apply_hot(q, q_out, k, k_out, cos, sin, positions, starts, "half", 16, token_major)

@@ -191,6 +191,9 @@ def _ropeflow_times(case: tuple[Any, ...], repeats: int, progress: Progress) -> 
         call = lambda: rope.apply(q, k, offset=offsets, seq_axis=seq_axis)  # noqa: E731
         if backend == "numba" and label.startswith("decode"):  # also through a plan, rounds interleaved
             step = rope.plan(q, k, seq_axis=seq_axis)
+            planned, applied = step(q, k, offset=offsets), call()  # the plan must give apply's results
+            if not all(np.array_equal(a, b) for a, b in zip(planned, applied, strict=True)):
+                raise AssertionError(f"{name}: rope.plan's result differs from rope.apply's")
             times[backend], times["numba plan"] = _per_call_interleaved(
                 [call, lambda: step(q, k, offset=offsets)], repeats)
         else:
