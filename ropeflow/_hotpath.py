@@ -139,6 +139,45 @@ def host_ids(ids: Any, n_batch: int, n_seq: int) -> np.ndarray | None:
     return ids if ids.ndim == 1 else ids.reshape(-1)
 
 
+def host_kernel_positions(position_ids: Any, offset: Any, n_batch: int, n_seq: int
+                          ) -> tuple[np.ndarray, bool] | None:
+    """``(positions, starts)`` for a kernel that checks positions itself: :func:`host_starts` of ``offset``
+    (``starts`` True) or :func:`host_ids` of ``position_ids``; None where the general path must decide."""
+    if position_ids is None:
+        positions = host_starts(offset, n_batch)
+        return None if positions is None else (positions, True)
+    positions = host_ids(position_ids, n_batch, n_seq)
+    return None if positions is None else (positions, False)
+
+
+def host_table(rope: Any, backend: Any, table_dtype: str) -> Any:
+    """The current snapshot (``rows``, ``cos``, ``sin``) of ``rope``'s fixed-frequency table of storage dtype
+    ``table_dtype`` on ``backend``, or None (not built yet, or length-dependent frequencies)."""
+    table = rope._fixed.get((backend.name, "cpu", table_dtype))
+    if table is None or table._dtype_name != table_dtype:
+        return None
+    snap = table._snapshot
+    return None if snap.cos is None else snap
+
+
+def host_table_dtype(rope: Any, q: Any, k: Any, seq_axis: int) -> str | None:
+    """The storage dtype name of the table the kernels read for 4-D NumPy ``q`` (and ``k``) of one supported
+    dtype, rotary channels present and batch and seq shared and nonzero; None otherwise."""
+    if type(q) is not np.ndarray or q.ndim != 4 or (k is not None and (type(k) is not np.ndarray or k.ndim != 4)):
+        return None
+    table_dtype = _TABLE_DTYPES.get(q.dtype) or _late_table_dtype(q.dtype)
+    if table_dtype is None or (k is not None and k.dtype != q.dtype):
+        return None
+    dim = rope.dim
+    shape = q.shape
+    n_batch, n_seq = shape[0], shape[seq_axis]
+    if shape[3] < dim or n_batch == 0 or n_seq == 0:
+        return None
+    if k is not None and (k.shape[3] < dim or k.shape[0] != n_batch or k.shape[seq_axis] != n_seq):
+        return None
+    return table_dtype
+
+
 def _outputs(q: np.ndarray, k: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, np.ndarray | None]:
     if in_place:
         return q, k
@@ -166,40 +205,26 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
 
     q, k: ``(batch, heads, seq, head_dim)`` (``seq_axis=-2``) or ``(batch, seq, heads, head_dim)``
     (``seq_axis=-3``) NumPy arrays; ``k`` may be None. ``rope``: the :class:`~ropeflow.RotaryEmbedding`."""
-    if type(q) is not np.ndarray or q.ndim != 4 or (k is not None and (type(k) is not np.ndarray or k.ndim != 4)):
-        return None
     if type(layout) is not str or layout not in LAYOUTS or type(seq_axis) is not int or seq_axis not in (-2, -3):
         return None
-    table_dtype = _TABLE_DTYPES.get(q.dtype) or _late_table_dtype(q.dtype)
-    if table_dtype is None or (k is not None and k.dtype != q.dtype):
-        return None
-    dim = rope.dim
-    shape = q.shape
-    n_batch, n_seq = shape[0], shape[seq_axis]
-    if shape[3] < dim or n_batch == 0 or n_seq == 0:
-        return None
-    if k is not None and (k.shape[3] < dim or k.shape[0] != n_batch or k.shape[seq_axis] != n_seq):
+    table_dtype = host_table_dtype(rope, q, k, seq_axis)
+    if table_dtype is None:
         return None
     backend = rope._host_backend or rope._resolve_host()
-    table = rope._fixed.get((backend.name, "cpu", table_dtype))
-    if table is None or table._dtype_name != table_dtype:
-        return None
-    snap = table._snapshot
-    if snap.cos is None:
+    snap = host_table(rope, backend, table_dtype)
+    if snap is None:
         return None
     in_place = _in_place(out, q, k, layout)
     if in_place is None:
         return None
+    dim, n_batch, n_seq = rope.dim, q.shape[0], q.shape[seq_axis]
     hot = getattr(backend, "apply_hot", None)
     if hot is not None:  # the kernel checks the positions against the table itself
-        if position_ids is None:
-            positions, starts = host_starts(offset, n_batch), True
-        else:
-            positions, starts = host_ids(position_ids, n_batch, n_seq), False
-        if positions is None:
+        chosen = host_kernel_positions(position_ids, offset, n_batch, n_seq)
+        if chosen is None:
             return None
         q_out, k_out = _outputs(q, k, in_place)
-        if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, starts, layout, dim, seq_axis == -3):
+        if not hot(q, q_out, k, k_out, snap.cos, snap.sin, chosen[0], chosen[1], layout, dim, seq_axis == -3):
             return None  # nothing written: the general path grows the table or reports the positions
         return q_out, k_out
     if position_ids is None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._hotpath import _TABLE_DTYPES, _late_table_dtype, host_ids, host_starts
+from ._hotpath import _outputs, host_kernel_positions, host_table, host_table_dtype
 from .apply import as_4d, check_layout, check_seq_axis
 
 
@@ -27,50 +27,39 @@ class ApplyPlan:
     arrays of the planned shapes, strides and dtype on the Numba backend. Returns new arrays ``(q_rot,
     k_rot)``. Thread-safe; the plan holds a reference to the embedding and its current table."""
 
-    __slots__ = ("rope", "layout", "seq_axis", "_prepared", "_table_key", "_tables")
+    __slots__ = ("rope", "layout", "seq_axis", "_prepared", "_backend", "_table_dtype", "_tables")
 
     def __init__(self, rope: Any, q: Any, k: Any, layout: str | None, seq_axis: int) -> None:
         self.rope = rope
         self.layout = check_layout(rope.layout if layout is None else layout)
         self.seq_axis = check_seq_axis(seq_axis)
         self._prepared: Any = None
-        self._table_key: tuple | None = None
+        self._backend: Any = None
+        self._table_dtype: str | None = None
         self._tables: tuple[np.ndarray, np.ndarray] | None = None
         if type(q) is not np.ndarray or (k is not None and type(k) is not np.ndarray):
             return  # other libraries: every call is rope.apply
         for name, x in (("q", q), ("k", k)):
             if x is not None:
                 as_4d(x, self.seq_axis, name)  # the same errors as apply for a q or k it cannot take
-        table_dtype = _TABLE_DTYPES.get(q.dtype) or _late_table_dtype(q.dtype)
+        table_dtype = host_table_dtype(rope, q, k, self.seq_axis)  # what the hot path takes
         backend = rope._host_backend or rope._resolve_host()
         prepare = getattr(backend, "prepare_apply", None)
-        if prepare is None or table_dtype is None or q.ndim != 4 or (k is not None and (k.ndim != 4 or
-                                                                                           k.dtype != q.dtype)):
-            return
-        shape = q.shape
-        if shape[3] < rope.dim or shape[0] == 0 or shape[self.seq_axis] == 0:
-            return
-        if k is not None and (k.shape[3] < rope.dim or k.shape[0] != shape[0]
-                              or k.shape[self.seq_axis] != shape[self.seq_axis]):
+        if prepare is None or table_dtype is None:
             return
         self._prepared = prepare(q, k, self.layout, rope.dim, self.seq_axis == -3)
-        self._table_key = (backend.name, "cpu", table_dtype)
+        self._backend, self._table_dtype = backend, table_dtype
 
     def __call__(self, q: Any, k: Any = None, position_ids: Any = None, *, offset: Any = 0) -> tuple[Any, Any]:
         prepared = self._prepared
         if prepared is not None and prepared.matches(q, k):
             tables = self._tables or self._current_tables()
-            if tables is not None:
-                n_batch = q.shape[0]
-                if position_ids is None:
-                    positions, starts = host_starts(offset, n_batch), True
-                else:
-                    positions, starts = host_ids(position_ids, n_batch, q.shape[self.seq_axis]), False
-                if positions is not None:
-                    q_out = np.empty_like(q)
-                    k_out = None if k is None else np.empty_like(k)
-                    if prepared(q, q_out, k, k_out, tables[0], tables[1], positions, starts):
-                        return q_out, k_out
+            chosen = None if tables is None else \
+                host_kernel_positions(position_ids, offset, q.shape[0], q.shape[self.seq_axis])
+            if chosen is not None:
+                q_out, k_out = _outputs(q, k, False)
+                if prepared(q, q_out, k, k_out, tables[0], tables[1], chosen[0], chosen[1]):
+                    return q_out, k_out
         result = self.rope.apply(q, k, position_ids, offset=offset, layout=self.layout, seq_axis=self.seq_axis)
         self._tables = None  # the call may have grown the table: read it again next time
         return result
@@ -78,11 +67,8 @@ class ApplyPlan:
     def _current_tables(self) -> tuple[np.ndarray, np.ndarray] | None:
         """The fixed-frequency table the kernel reads, as ``(cos, sin)``, or None (not built yet, or the
         frequencies depend on the length: then every call is ``rope.apply``)."""
-        table = self.rope._fixed.get(self._table_key)
-        if table is None or table._dtype_name != self._table_key[2]:
-            return None
-        snap = table._snapshot
-        if snap.cos is None:
+        snap = host_table(self.rope, self._backend, self._table_dtype)
+        if snap is None:
             return None
         self._tables = (snap.cos, snap.sin)
         return self._tables

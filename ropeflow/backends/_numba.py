@@ -1064,7 +1064,7 @@ def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndar
     """Choose the walk and the kernel (:class:`_Walk`), then run :func:`_apply_tiles` (``k`` None: q alone)
     and return its result (0: done; 1: a position outside the table, nothing written). The arrays are (B, H,
     S, D), or (B, S, H, D) with ``token_major``."""
-    return _Walk(x, k, flags, token_major).run(x, out, k, k_out, cos, sin, positions, flags, rotary_dim)
+    return _Walk(x, k, token_major).run(x, out, k, k_out, cos, sin, positions, flags, rotary_dim)
 
 
 class _Walk:
@@ -1076,7 +1076,7 @@ class _Walk:
 
     __slots__ = ("view", "transpose", "walk_flags", "tile", "chunks", "serial", "kernel")
 
-    def __init__(self, x: np.ndarray, k: np.ndarray | None, flags: int, token_major: bool) -> None:
+    def __init__(self, x: np.ndarray, k: np.ndarray | None, token_major: bool) -> None:
         self.view = _RAW_VIEWS.get(x.dtype.char)
         head_axis, seq_axis = (2, 1) if token_major else (1, 2)
         n_seq = x.shape[seq_axis]
@@ -1126,7 +1126,7 @@ class PreparedApply:
         if k is not None and rotary_dim < k.shape[3]:
             flags |= _COPY_K
         self.flags, self.rotary_dim = flags, rotary_dim
-        self.walk = _Walk(q, k, flags, token_major)
+        self.walk = _Walk(q, k, token_major)
 
     def matches(self, q: Any, k: Any) -> bool:
         """Whether ``q`` and ``k`` are NumPy arrays of the planned shapes, strides and dtype."""
