@@ -28,8 +28,8 @@ def t_mscale(s, m=1.0):
     return 1.0 if s <= 1 else 0.1 * m * math.log(s) + 1.0
 
 
-def t_yarn(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.0,
-           truncate=True):
+def t_yarn_range(dim, base, original, beta_fast, beta_slow, truncate):
+    """The dimensions ``(low, high)`` between which YaRN's ramp runs."""
     def corr(rot):
         return dim * math.log(original / (rot * 2 * math.pi)) / (2 * math.log(base))
 
@@ -39,6 +39,12 @@ def t_yarn(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0, mscale=1.
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:
         high += 0.001
+    return low, high
+
+
+def t_yarn(dim, base, factor, original, beta_fast=32.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=0.0,
+           truncate=True):
+    low, high = t_yarn_range(dim, base, original, beta_fast, beta_slow, truncate)
     ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
     extrapolation_weight = 1 - ramp
     pos = base ** (np.arange(0, dim, 2) / dim)
@@ -125,9 +131,12 @@ def test_yarn(dim, base, factor, original, beta_slow, beta_extra, mscale, mscale
     ref, exact = _both(cfg, dim, base, original * 4)
     inv, scale = t_yarn(dim, base, factor, original, beta_slow + beta_extra, beta_slow, mscale, mscale_all_dim,
                         truncate)
-    # the float32 ramp's roundings (j - low, the division, 1 - ramp, 1 - extra_weight: about one ulp each) are
-    # amplified by (extrapolated - interpolated) / inv_freq <= factor - 1
-    _check(ref, exact, inv, scale, base, extra_ulps=4 * factor)
+    # the float32 ramp (j - low) / (high - low) errs by about one ulp of each operation, and by the rounding
+    # of low to float32 (up to 2**-24 |low|) divided by the ramp's width: a narrow ramp far from dimension 0
+    # (beta_fast close to beta_slow) amplifies it. Both are amplified again by (extrapolated - interpolated)
+    # / inv_freq <= factor - 1.
+    low, high = t_yarn_range(dim, base, original, beta_slow + beta_extra, beta_slow, truncate)
+    _check(ref, exact, inv, scale, base, extra_ulps=4 * factor + (factor - 1) * abs(low) / abs(high - low))
 
 
 def test_yarn_attention_factor_overrides_mscale():
