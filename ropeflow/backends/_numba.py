@@ -766,22 +766,25 @@ def _tile_walker(rotate_row: Any) -> Any:
     @njit(inline="always", **_OPTIONS)
     def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner,
              doubt, exact_only):
-        if seq_inner:  # head-major memory, several positions: each head's rows are consecutive
-            for h in range(out.shape[1]):
-                for t in range(n_pos):
-                    rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_tile[t], s_tile[t], half, rotary_dim,
-                               copy_rest, doubt, exact_only)
-            return
-        for t in range(n_pos):
-            c_row, s_row = c_tile[t], s_tile[t]  # one view per position, not per row: it shows in decode
-            if token_major:
-                for h in range(out.shape[2]):
-                    rotate_row(x[xb, xs0 + t, h], out[b, s0 + t, h], c_row, s_row, half, rotary_dim, copy_rest,
-                               doubt, exact_only)
-            else:
-                for h in range(out.shape[1]):
-                    rotate_row(x[xb, h, xs0 + t], out[b, h, s0 + t], c_row, s_row, half, rotary_dim, copy_rest,
-                               doubt, exact_only)
+        # one loop nest and one call site of the (inlined) row function for the three walks: each inlined
+        # copy costs seconds of compile time
+        n_heads = out.shape[2] if token_major else out.shape[1]
+        n_outer = n_heads if seq_inner else n_pos
+        n_inner = n_pos if seq_inner else n_heads
+        c_row, s_row = c_tile[0], s_tile[0]
+        for i in range(n_outer):
+            if not seq_inner:  # one view per position, not per row: it shows in decode
+                c_row, s_row = c_tile[i], s_tile[i]
+            for j in range(n_inner):
+                h = i if seq_inner else j
+                t = j if seq_inner else i
+                if seq_inner:
+                    c_row, s_row = c_tile[t], s_tile[t]
+                if token_major:
+                    xr, orow = x[xb, xs0 + t, h], out[b, s0 + t, h]
+                else:
+                    xr, orow = x[xb, h, xs0 + t], out[b, h, s0 + t]
+                rotate_row(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only)
 
     return walk
 
@@ -812,48 +815,33 @@ _walk_narrow = _layout_walker(_tile_walker(_rotate_half_narrow), _tile_walker(_r
                               _tile_walker(_rotate_deepseek_narrow))
 
 
-@_jit(inline="always")
-def _rotate_tile_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only):
-    """A tile's rows of one float32/float64 tensor (float64 tile rows): see :func:`_rotate_tile`. Inlined
-    into the kernel: a call per tile costs about 7% of a float32 decode step (the float16/bfloat16 twin
-    gains nothing from inlining and stays a call, which compiles in a third less time)."""
+def _rotate_tile_wide_body(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                           token_major, seq_inner, doubt, exact_only):
+    """A tile's rows of one float32/float64 tensor (float64 tile rows): see :func:`_tensor_rotator`."""
     _walk_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
                seq_inner, doubt, exact_only)
+
+
+#: The float32/float64 tile as a call (parallel kernels: one call per tile of at least RUN_BYTES per head costs
+#: nothing measurable, and compiling the rows once per array type, not once per kernel type, more than
+#: halves their compile time) and inlined (serial kernels: a call per tile costs about 7% of a float32
+#: decode step). The float16/bfloat16 tile gains nothing from inlining and is always a call.
+_rotate_tile_wide = _jit()(_rotate_tile_wide_body)
+_rotate_tile_wide_inlined = njit(inline="always", **_OPTIONS)(_rotate_tile_wide_body)
 
 
 @_jit()
 def _rotate_tile_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
                         token_major, seq_inner, doubt, exact_only):
-    """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_rotate_tile`."""
+    """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_tensor_rotator`."""
     _walk_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
                  seq_inner, doubt, exact_only)
-
-
-def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                 seq_inner, doubt, exact_only):
-    """The tile's rows of one tensor (``x`` rows ``xb``, ``xs0 ..`` into ``out`` rows ``b``, ``s0 ..``):
-    :func:`_rotate_tile_narrow` for float16/bfloat16 with float32 tile rows, else :func:`_rotate_tile_wide`
-    (chosen when numba types the call; one compiled call per tile)."""
-
-
-@overload(_rotate_tile)
-def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only):
-    chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else _rotate_tile_wide
-
-    def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                    token_major, seq_inner, doubt, exact_only):
-        chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-               seq_inner, doubt, exact_only)
-
-    return rotate_tile
 
 
 @_jit(inline="always")
 def _scratch(x, tile, token_major, needed):
     """A C-contiguous buffer for one tile of ``x`` ((1, tile, H, D) token-major, (1, H, tile, D) head-major),
-    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_rotate_tensor`)."""
+    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_tensor_rotator`)."""
     if not needed:
         return np.empty((1, 1, 1, 1), dtype=x.dtype)
     if token_major:
@@ -861,27 +849,54 @@ def _scratch(x, tile, token_major, needed):
     return np.empty((1, x.shape[1], tile, x.shape[3]), dtype=x.dtype)
 
 
-@_jit(inline="always")
-def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                   token_major, seq_inner, doubt, exact_only):
-    """One tile of one tensor. In place (``out`` is ``x``), the tile's rows are first copied to ``scratch``
-    and rotated from there: LLVM vectorizes a row loop only behind a runtime check that its input and output
-    do not overlap, so rows rotated onto themselves would run scalar."""
-    if not in_place:
-        _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                     seq_inner, doubt, exact_only)
-        return
-    if token_major:
-        for t in range(n_pos):
-            for h in range(x.shape[2]):
-                _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_dim)
-    else:
-        for h in range(x.shape[1]):
+def _tensor_rotator(rotate_tile_wide: Any) -> Any:
+    """``rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, ...)``: one tile of one tensor
+    (``x`` rows ``b``, ``s0 ..`` into the same rows of ``out``), its rows rotated by :func:`_rotate_tile_narrow`
+    for float16/bfloat16 with float32 tile rows, else by ``rotate_tile_wide`` (chosen when Numba types the
+    call). In place (``out`` is ``x``), the tile's rows are first copied to ``scratch`` and rotated from
+    there: LLVM vectorizes a row loop only behind a runtime check that its input and output do not overlap,
+    so rows rotated onto themselves would run scalar. Inlined into the kernel (not cached on its own)."""
+
+    def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                    token_major, seq_inner, doubt, exact_only):
+        """Typed by the overload below."""
+
+    @overload(rotate_tile)
+    def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                          token_major, seq_inner, doubt, exact_only):
+        chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else rotate_tile_wide
+
+        def impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                 token_major, seq_inner, doubt, exact_only):
+            chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+                   seq_inner, doubt, exact_only)
+
+        return impl
+
+    @njit(inline="always", **_OPTIONS)
+    def rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                      token_major, seq_inner, doubt, exact_only):
+        if not in_place:
+            rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                        token_major, seq_inner, doubt, exact_only)
+            return
+        if token_major:
             for t in range(n_pos):
-                _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
-    zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
-    _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                 copy_rest and not in_place, token_major, seq_inner, doubt, exact_only)
+                for h in range(x.shape[2]):
+                    _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_dim)
+        else:
+            for h in range(x.shape[1]):
+                for t in range(n_pos):
+                    _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
+        zero = b - b  # int64 and bool variables, not literals: literal arguments would compile the tile again
+        rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
+                    copy_rest and not in_place, token_major, seq_inner, doubt, exact_only)
+
+    return rotate_tensor
+
+
+_rotate_tensor = _tensor_rotator(_rotate_tile_wide)
+_rotate_tensor_inlined = _tensor_rotator(_rotate_tile_wide_inlined)
 
 
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
@@ -890,7 +905,7 @@ _INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER, _SAME_Q, _SAME_K 
 _STARTS = 1024
 
 
-@_parallel_kernel
+@parallel_kernel(_jit, serial_globals={"_rotate_tensor": _rotate_tensor_inlined})
 def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, max_chunks):
     """Rotate q (``x`` -> ``out``) and, with the ``_WITH_K`` flag, k (``k`` -> ``k_out``) in one launch. The
     work is cut into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its
@@ -1067,6 +1082,12 @@ def _launch(x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndar
     return _Walk(x, k, token_major).run(x, out, k, k_out, cos, sin, positions, flags, rotary_dim)
 
 
+def _read_only_view(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 class _Walk:
     """How :func:`_apply_tiles` walks arrays of one shape, strides and dtype (q's; k shares its batch and
     seq), decided once: the arrays are walked in memory order, token-major when the head stride is the
@@ -1102,6 +1123,13 @@ class _Walk:
         """:func:`_apply_tiles` on arrays of the shape, strides and dtype this walk was made for."""
         if k is None:
             k, k_out = x, out
+        # one compiled kernel per array type, and Numba's types include write access: tables always travel
+        # read-only (the cached ones are) and positions writeable (fresh ones are), so that a user's own
+        # tables or read-only ids reuse the kernels compiled for the cached ones instead of compiling more
+        if cos.flags.writeable or sin.flags.writeable:
+            cos, sin = _read_only_view(cos), _read_only_view(sin)
+        if not positions.flags.writeable:
+            positions = positions.copy()
         view = self.view
         if view is not None:
             x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
