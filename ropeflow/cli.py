@@ -23,6 +23,7 @@ from ._errors import BackendUnavailableError
 from .backends import BACKEND_NAMES, available_backends
 from .rotary import RotaryEmbedding
 from .scaling import PRECISIONS
+from .warmup import WARMUP_DTYPES
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: Errors that mean "bad input": reported in one line with exit status 2.
@@ -38,7 +39,8 @@ examples:
   ropeflow inspect path/to/model/config.json --json
   ropeflow plot deepseek-v3 llama-3.1-8b -o spectrum.png --error
   ropeflow tables --preset kimi-k2 --seq-len 8 --dtype bfloat16
-  ropeflow bench --quick"""
+  ropeflow bench --quick
+  ropeflow compile --jobs 2"""
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -337,8 +339,33 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--preset", choices=presets.names(), default=None, help="a shipped model preset")
     group.add_argument("--config", default=None, help="a config.json file or a folder holding one")
 
+    p = add("compile", "compile the Numba kernels ahead of the first call",
+            "Compile the Numba kernels (every input dtype, table dtype and memory layout that ropeflow.warmup "
+            "lists, serial and parallel) into Numba's on-disk cache, spread over --jobs processes, so that "
+            "later processes load them instead of compiling on their first call. Run it once per install "
+            "(e.g. in a container build).")
+    p.add_argument("--dtype", action="append", choices=WARMUP_DTYPES, default=None, dest="dtypes",
+                   help="an input dtype to compile for (repeat it; default: all)")
+    p.add_argument("--jobs", type=_int_at_least(1), default=None,
+                   help="processes compiling side by side (default: the CPU count)")
+
     add("backends", "list the backends that run here", "List the backends that can run on this machine.")
     return parser
+
+
+def compile_cmd(args: argparse.Namespace) -> int:
+    """``ropeflow compile``: :func:`ropeflow.warmup.warmup`, one line per kernel, then the wall time."""
+    import os
+
+    from .warmup import warmup
+
+    jobs = args.jobs or os.cpu_count() or 1
+    start = time.perf_counter()
+    results = warmup(tuple(args.dtypes or WARMUP_DTYPES), jobs=jobs)
+    for r in results:
+        print(f"{r.seconds:7.1f} s  {r.case}")
+    print(f"{len(results)} kernels ready in {time.perf_counter() - start:.1f} s ({jobs} processes)")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -347,7 +374,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "backends":
         print("\n".join(available_backends()))
         return 0
-    commands = {"tables": tables, "inspect": inspect_cmd, "plot": plot_cmd, "bench": bench_cmd}
+    commands = {"tables": tables, "inspect": inspect_cmd, "plot": plot_cmd, "bench": bench_cmd,
+                "compile": compile_cmd}
     return commands[args.command](args)
 
 

@@ -18,6 +18,28 @@ settings.register_profile(
 settings.load_profile("ci")
 
 _AVAILABLE = ropeflow.available_backends()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist (``-n 2`` or more), compile the Numba kernels into the on-disk cache before the
+    workers start, one process per worker (``ropeflow.warmup``): each worker would otherwise compile
+    nearly every kernel itself, the same ones at the same time. ``ROPEFLOW_TEST_WARMUP=0`` skips it."""
+    config = session.config
+    workers = getattr(config.option, "numprocesses", None)
+    if hasattr(config, "workerinput") or not isinstance(workers, int) or workers < 2 \
+            or os.environ.get("ROPEFLOW_TEST_WARMUP") == "0" or "numba" not in _AVAILABLE:
+        return
+    import time
+
+    from ropeflow.warmup import warmup
+
+    start = time.perf_counter()
+    results = warmup(jobs=workers)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"ropeflow.warmup: {len(results)} Numba kernels ready in "
+                            f"{time.perf_counter() - start:.1f} s ({workers} processes)")
 BACKENDS = [
     pytest.param("numpy", id="numpy"),
     pytest.param("numba", id="numba", marks=pytest.mark.skipif("numba" not in _AVAILABLE, reason="numba missing")),

@@ -1,0 +1,94 @@
+"""``ropeflow.warmup`` and ``ropeflow compile``: each case compiles the kernel it names, in this process or
+in others that share Numba's on-disk cache; bad arguments are refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ropeflow
+from ropeflow import warmup as W
+
+pytestmark = pytest.mark.skipif("numba" not in ropeflow.available_backends(), reason="numba missing")
+
+
+def _kernel_arg_types(case: W.WarmupCase) -> list:
+    """The argument types of the kernel signatures (serial twin for decode, parallel kernel for prefill)
+    compiled in this process for the case's input."""
+    from ropeflow.backends import _numba
+
+    kernel = _numba._apply_tiles.serial if case.size == "decode" else _numba._apply_tiles.parallel
+    return [sig for sig in kernel.signatures]
+
+
+def _expected_x_type(case: W.WarmupCase):
+    from numba import types
+
+    raw = {"float16": types.uint16, "bfloat16": types.int16, "float32": types.float32, "float64": types.float64}
+    layout = "A" if case.variant == "strided" else "C"
+    return types.Array(raw[case.dtype], 4, layout, readonly=case.variant == "read-only")
+
+
+def test_cases_cover_every_dtype_table_and_variant():
+    cases = W.warmup_cases(("float32", "float64"))
+    decode = {(c.dtype, c.table, c.variant) for c in cases if c.size == "decode"}
+    tables = {"float32": W.TABLE_DTYPES, "float64": ("float64",)}  # float64 inputs widen float32 tables
+    assert decode == {(d, t, v) for d in ("float32", "float64") for t in tables[d] for v in W.VARIANTS}
+    prefill = [(c.dtype, c.table, c.variant) for c in cases if c.size == "prefill"]
+    assert prefill == [("float32", "float32", "contiguous"), ("float64", "float64", "contiguous")]
+    assert cases[: len(prefill)] == [c for c in cases if c.size == "prefill"]  # the expensive ones first
+
+
+@pytest.mark.parametrize("case", W.warmup_cases(), ids=str)
+def test_each_case_compiles_the_kernel_it_names(case):
+    """After compile_case, the kernel holds a signature whose input and table types are the case's (and
+    the table travels read-only, as the cached tables do)."""
+    from numba import types
+
+    result = W.compile_case(case)
+    assert result.case == case and result.seconds >= 0
+    table = types.Array(types.float32 if case.table == "float32" else types.float64, 2, "C", readonly=True)
+    x_type = _expected_x_type(case)
+    found = [sig for sig in _kernel_arg_types(case) if sig[0] == x_type and sig[4] == table]
+    assert found, f"{case}: no compiled signature with x {x_type} and table {table}"
+
+
+def test_user_tables_and_read_only_ids_reuse_the_cached_tables_kernel():
+    """Write access is part of a Numba type: a writeable user table or read-only ids would compile another
+    kernel, so the launch passes tables read-only and ids writeable, and the results still match."""
+    from ropeflow.backends import _numba
+
+    rope = ropeflow.RotaryEmbedding(32, 64, backend="numba")
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 32)).astype(np.float32)
+    cos, sin = rope.cos_sin(64)
+    ids = np.arange(10, dtype=np.int64).reshape(2, 5)
+    want = rope.apply(x, position_ids=ids)[0]
+    before = set(_numba._apply_tiles.serial.signatures)
+    ids.flags.writeable = False
+    got_ro_ids = rope.apply(x, position_ids=ids)[0]
+    got_own_tables = ropeflow.apply_rotary(x, np.array(cos), np.array(sin), ids, backend="numba")
+    assert set(_numba._apply_tiles.serial.signatures) == before
+    np.testing.assert_array_equal(got_ro_ids, want)
+    np.testing.assert_array_equal(got_own_tables, want)
+
+
+def test_warmup_in_two_processes_returns_every_case_in_order():
+    results = W.warmup(("float64",), jobs=2)
+    assert [r.case for r in results] == W.warmup_cases(("float64",))
+
+
+@pytest.mark.parametrize("kwargs,name", [({"jobs": 0}, "jobs"), ({"jobs": True}, "jobs"), ({"jobs": 1.5}, "jobs"),
+                                         ({"dtypes": ("int8",)}, "dtypes"), ({"dtypes": ("float",)}, "dtypes")])
+def test_bad_arguments_are_named(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        W.warmup(**kwargs)
+
+
+def test_cli_compile(capsys):
+    from ropeflow.cli import main
+
+    assert main(["compile", "--dtype", "float64", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(W.warmup_cases(("float64",))) + 1
+    assert out[-1].startswith(f"{len(out) - 1} kernels ready in ")
+    assert "prefill float64 x float64 table, contiguous" in out[0]
