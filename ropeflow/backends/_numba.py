@@ -815,33 +815,48 @@ _walk_narrow = _layout_walker(_tile_walker(_rotate_half_narrow), _tile_walker(_r
                               _tile_walker(_rotate_deepseek_narrow))
 
 
-def _rotate_tile_wide_body(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                           token_major, seq_inner, doubt, exact_only):
-    """A tile's rows of one float32/float64 tensor (float64 tile rows): see :func:`_tensor_rotator`."""
+@_jit(inline="always")
+def _rotate_tile_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                      token_major, seq_inner, doubt, exact_only):
+    """A tile's rows of one float32/float64 tensor (float64 tile rows): see :func:`_rotate_tile`. Inlined
+    into the kernel: a call per tile costs about 7% of a float32 decode step (the float16/bfloat16 twin
+    gains nothing from inlining and stays a call, which compiles in a third less time)."""
     _walk_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
                seq_inner, doubt, exact_only)
-
-
-#: The float32/float64 tile as a call (parallel kernels: one call per tile of at least RUN_BYTES per head costs
-#: nothing measurable, and compiling the rows once per array type, not once per kernel type, more than
-#: halves their compile time) and inlined (serial kernels: a call per tile costs about 7% of a float32
-#: decode step). The float16/bfloat16 tile gains nothing from inlining and is always a call.
-_rotate_tile_wide = _jit()(_rotate_tile_wide_body)
-_rotate_tile_wide_inlined = njit(inline="always", **_OPTIONS)(_rotate_tile_wide_body)
 
 
 @_jit()
 def _rotate_tile_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
                         token_major, seq_inner, doubt, exact_only):
-    """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_tensor_rotator`."""
+    """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_rotate_tile`."""
     _walk_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
                  seq_inner, doubt, exact_only)
+
+
+def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+                 seq_inner, doubt, exact_only):
+    """The tile's rows of one tensor (``x`` rows ``xb``, ``xs0 ..`` into ``out`` rows ``b``, ``s0 ..``):
+    :func:`_rotate_tile_narrow` for float16/bfloat16 with float32 tile rows, else :func:`_rotate_tile_wide`
+    (chosen when numba types the call; one compiled call per tile)."""
+
+
+@overload(_rotate_tile)
+def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                      token_major, seq_inner, doubt, exact_only):
+    chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else _rotate_tile_wide
+
+    def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                    token_major, seq_inner, doubt, exact_only):
+        chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+               seq_inner, doubt, exact_only)
+
+    return rotate_tile
 
 
 @_jit(inline="always")
 def _scratch(x, tile, token_major, needed):
     """A C-contiguous buffer for one tile of ``x`` ((1, tile, H, D) token-major, (1, H, tile, D) head-major),
-    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_tensor_rotator`)."""
+    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_rotate_tensor`)."""
     if not needed:
         return np.empty((1, 1, 1, 1), dtype=x.dtype)
     if token_major:
@@ -849,54 +864,27 @@ def _scratch(x, tile, token_major, needed):
     return np.empty((1, x.shape[1], tile, x.shape[3]), dtype=x.dtype)
 
 
-def _tensor_rotator(rotate_tile_wide: Any) -> Any:
-    """``rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, ...)``: one tile of one tensor
-    (``x`` rows ``b``, ``s0 ..`` into the same rows of ``out``), its rows rotated by :func:`_rotate_tile_narrow`
-    for float16/bfloat16 with float32 tile rows, else by ``rotate_tile_wide`` (chosen when Numba types the
-    call). In place (``out`` is ``x``), the tile's rows are first copied to ``scratch`` and rotated from
-    there: LLVM vectorizes a row loop only behind a runtime check that its input and output do not overlap,
-    so rows rotated onto themselves would run scalar. Inlined into the kernel (not cached on its own)."""
-
-    def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                    token_major, seq_inner, doubt, exact_only):
-        """Typed by the overload below."""
-
-    @overload(rotate_tile)
-    def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                          token_major, seq_inner, doubt, exact_only):
-        chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else rotate_tile_wide
-
-        def impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                 token_major, seq_inner, doubt, exact_only):
-            chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                   seq_inner, doubt, exact_only)
-
-        return impl
-
-    @njit(inline="always", **_OPTIONS)
-    def rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only):
-        if not in_place:
-            rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                        token_major, seq_inner, doubt, exact_only)
-            return
-        if token_major:
+@_jit(inline="always")
+def _rotate_tensor(x, out, scratch, in_place, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
+                   token_major, seq_inner, doubt, exact_only):
+    """One tile of one tensor. In place (``out`` is ``x``), the tile's rows are first copied to ``scratch``
+    and rotated from there: LLVM vectorizes a row loop only behind a runtime check that its input and output
+    do not overlap, so rows rotated onto themselves would run scalar."""
+    if not in_place:
+        _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
+                     seq_inner, doubt, exact_only)
+        return
+    if token_major:
+        for t in range(n_pos):
+            for h in range(x.shape[2]):
+                _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_dim)
+    else:
+        for h in range(x.shape[1]):
             for t in range(n_pos):
-                for h in range(x.shape[2]):
-                    _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_dim)
-        else:
-            for h in range(x.shape[1]):
-                for t in range(n_pos):
-                    _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
-        zero = b - b  # int64 and bool variables, not literals: literal arguments would compile the tile again
-        rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                    copy_rest and not in_place, token_major, seq_inner, doubt, exact_only)
-
-    return rotate_tensor
-
-
-_rotate_tensor = _tensor_rotator(_rotate_tile_wide)
-_rotate_tensor_inlined = _tensor_rotator(_rotate_tile_wide_inlined)
+                _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
+    zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
+    _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
+                 copy_rest and not in_place, token_major, seq_inner, doubt, exact_only)
 
 
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
@@ -905,7 +893,7 @@ _INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER, _SAME_Q, _SAME_K 
 _STARTS = 1024
 
 
-@parallel_kernel(_jit, serial_globals={"_rotate_tensor": _rotate_tensor_inlined})
+@_parallel_kernel
 def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, max_chunks):
     """Rotate q (``x`` -> ``out``) and, with the ``_WITH_K`` flag, k (``k`` -> ``k_out``) in one launch. The
     work is cut into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its

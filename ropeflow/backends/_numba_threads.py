@@ -88,18 +88,14 @@ class ParallelKernel:
     """A ``parallel=True`` Numba kernel with a serial twin, launched as the layer in use allows.
 
     ``parallel`` is the parallel dispatcher; ``serial`` (compiled on first use) is the same Python function
-    compiled without ``parallel`` and with ``nogil``. ``serial_globals`` replaces global names the serial
-    twin's code reads (functions computing the same bits, compiled differently: e.g. inlined where the
-    parallel kernel calls). Calling the object runs the kernel (see the module docstring for which variant
-    runs and when a lock is held) and returns its result.
+    compiled without ``parallel`` and with ``nogil``. Calling the object runs the kernel (see the module
+    docstring for which variant runs and when a lock is held) and returns its result.
     """
 
-    def __init__(self, fn: Callable[..., Any], jit: Callable[..., Callable[[Callable], Any]],
-                 serial_globals: dict[str, Any] | None = None) -> None:
+    def __init__(self, fn: Callable[..., Any], jit: Callable[..., Callable[[Callable], Any]]) -> None:
         functools.update_wrapper(self, fn)
         self.py_func = fn
         self._jit = jit
-        self._serial_globals = serial_globals or {}
         self.parallel = jit(parallel=True)(fn)
         self._serial: Any = None
         self._serial_lock = threading.Lock()
@@ -114,11 +110,8 @@ class ParallelKernel:
             with self._serial_lock:
                 if self._serial is None:
                     fn = self.py_func
-                    names = fn.__globals__
-                    if self._serial_globals:  # a copy of the module's globals, made once all are defined
-                        names = {**names, **self._serial_globals}
-                    twin = types.FunctionType(fn.__code__, names, fn.__name__ + "_serial", fn.__defaults__,
-                                              fn.__closure__)
+                    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                                              fn.__defaults__, fn.__closure__)
                     twin.__qualname__ = fn.__qualname__ + "_serial"
                     twin.__doc__ = fn.__doc__
                     self._serial = self._jit(nogil=True)(twin)
@@ -147,11 +140,10 @@ class ParallelKernel:
             return result
 
 
-def parallel_kernel(jit: Callable[..., Callable[[Callable], Any]], serial_globals: dict[str, Any] | None = None
-                    ) -> Callable[[Callable], ParallelKernel]:
-    """A decorator factory: ``parallel_kernel(jit)(fn)`` is ``ParallelKernel(fn, jit, serial_globals)``, where
+def parallel_kernel(jit: Callable[..., Callable[[Callable], Any]]) -> Callable[[Callable], ParallelKernel]:
+    """A decorator factory: ``parallel_kernel(jit)(fn)`` is ``ParallelKernel(fn, jit)``, where
     ``jit(**options)`` returns a Numba decorator (``parallel=True`` or ``nogil=True`` are added here)."""
-    return lambda fn: ParallelKernel(fn, jit, serial_globals)
+    return lambda fn: ParallelKernel(fn, jit)
 
 
 def _fork_safe(layer: str | None, state: _LaunchState) -> bool:
