@@ -340,14 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--config", default=None, help="a config.json file or a folder holding one")
 
     p = add("compile", "compile the Numba kernels ahead of the first call",
-            "Compile the Numba kernels (every input dtype, table dtype and memory layout that ropeflow.warmup "
-            "lists, serial and parallel) into Numba's on-disk cache, spread over --jobs processes, so that "
+            "Compile the Numba kernels that ropeflow.warmup lists (every input dtype with each table dtype it "
+            "reads: serial kernels for contiguous, strided and read-only inputs, parallel ones for contiguous "
+            "inputs) into Numba's on-disk cache, spread over --jobs processes, so that "
             "later processes load them instead of compiling on their first call. Run it once per install "
             "(e.g. in a container build).")
     p.add_argument("--dtype", action="append", choices=WARMUP_DTYPES, default=None, dest="dtypes",
                    help="an input dtype to compile for (repeat it; default: all)")
     p.add_argument("--jobs", type=_int_at_least(1), default=None,
-                   help="processes compiling side by side (default: the CPU count)")
+                   help="processes compiling side by side (default: the CPUs this process may use)")
 
     add("backends", "list the backends that run here", "List the backends that can run on this machine.")
     return parser
@@ -357,14 +358,16 @@ def compile_cmd(args: argparse.Namespace) -> int:
     """``ropeflow compile``: :func:`ropeflow.warmup.warmup`, one line per kernel, then the wall time."""
     import os
 
-    from .warmup import warmup
+    from .warmup import processes, warmup
 
-    jobs = args.jobs or os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = args.jobs or usable
     start = time.perf_counter()
-    results = warmup(tuple(args.dtypes or WARMUP_DTYPES), jobs=jobs)
+    results = warmup(None if args.dtypes is None else tuple(args.dtypes), jobs=jobs)
     for r in results:
         print(f"{r.seconds:7.1f} s  {r.case}")
-    print(f"{len(results)} kernels ready in {time.perf_counter() - start:.1f} s ({jobs} processes)")
+    print(f"{len(results)} kernels ready in {time.perf_counter() - start:.1f} s "
+          f"({processes(jobs, len(results))} processes)")
     return 0
 
 

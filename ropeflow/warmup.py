@@ -68,16 +68,23 @@ def _tables_read(dtype: str) -> tuple[str, ...]:
     return ("float64",) if dtype == "float64" else TABLE_DTYPES
 
 
-def warmup_cases(dtypes: tuple[str, ...] = WARMUP_DTYPES) -> list[WarmupCase]:
-    """The kernels :func:`warmup` compiles for inputs of ``dtypes``: the serial (decode) kernel for every
-    table dtype read with them and every memory variant, and the parallel (prefill) kernel for contiguous
-    inputs and the table dtype of reference precision; most expensive first. ``bfloat16`` is left out
-    without ml_dtypes."""
+def warmup_cases(dtypes: str | tuple[str, ...] | None = None) -> list[WarmupCase]:
+    """The kernels :func:`warmup` compiles for inputs of ``dtypes`` (a name or names from
+    :data:`WARMUP_DTYPES`; None: all of them, bfloat16 only where ml_dtypes is installed): the serial
+    (decode) kernel for every table dtype read with them and every memory variant, and the parallel
+    (prefill) kernel for contiguous inputs and the table dtype of reference precision; most expensive
+    first. Other combinations (a strided prefill, say) still compile on their first call."""
+    if dtypes is None:
+        dtypes = tuple(d for d in WARMUP_DTYPES if d != "bfloat16" or _bfloat16() is not None)
+    elif isinstance(dtypes, str):
+        dtypes = (dtypes,)
+    dtypes = tuple(dtypes)
     unknown = [d for d in dtypes if d not in WARMUP_DTYPES]
-    if unknown:
-        raise ValueError(f"dtypes: unknown dtype {unknown[0]!r}; allowed: {', '.join(WARMUP_DTYPES)}")
+    if unknown or not dtypes:
+        shown = repr(unknown[0]) if unknown else "none"
+        raise ValueError(f"dtypes: unknown dtype {shown}; allowed: {', '.join(WARMUP_DTYPES)}")
     if "bfloat16" in dtypes and _bfloat16() is None:
-        dtypes = tuple(d for d in dtypes if d != "bfloat16")
+        raise ValueError("dtypes: 'bfloat16' needs ml_dtypes, which is not installed (pip install ml_dtypes)")
     prefill = [WarmupCase(d, _reference_table(d), "contiguous", "prefill") for d in dtypes]
     decode = [WarmupCase(d, t, v, "decode") for v in VARIANTS for t in TABLE_DTYPES for d in dtypes
               if t in _tables_read(d)]
@@ -129,21 +136,29 @@ def _caches_on_disk() -> bool:
     return type(_numba._apply_tiles.parallel._cache).__name__ != "NullCache"
 
 
-def warmup(dtypes: tuple[str, ...] = WARMUP_DTYPES, jobs: int = 1) -> list[WarmupResult]:
+def processes(jobs: int, n_cases: int) -> int:
+    """How many processes :func:`warmup` uses for ``n_cases`` cases and ``jobs``."""
+    return max(1, min(jobs, n_cases)) if _caches_on_disk() else 1
+
+
+def warmup(dtypes: str | tuple[str, ...] | None = None, jobs: int = 1) -> list[WarmupResult]:
     """Compile the Numba kernels of :func:`warmup_cases` for ``dtypes`` into Numba's on-disk cache, in
     ``jobs`` processes (1: in this one). Returns one :class:`WarmupResult` per case, in the order of
     :func:`warmup_cases`. Raises ``BackendUnavailableError`` when Numba is not installed.
 
-    Other processes share the result only through the on-disk cache: where Numba has no writable cache
-    location, everything is compiled in this process instead (whatever ``jobs`` says)."""
+    Other processes share the result only through the on-disk cache (whose saves are locked against each
+    other: see ``ropeflow.backends._numba_cache``): where Numba has no writable cache location, everything
+    is compiled in this process instead (whatever ``jobs`` says). With ``jobs > 1`` the processes are
+    started with ``spawn``: a script calling this needs the usual ``if __name__ == "__main__":`` guard."""
     from .backends import resolve
 
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs: expected a positive int, got {jobs!r}")
     resolve("numba", None)  # BackendUnavailableError when numba is missing
-    cases = warmup_cases(tuple(dtypes))
-    if jobs == 1 or not _caches_on_disk():
+    cases = warmup_cases(dtypes)
+    n_processes = processes(jobs, len(cases))
+    if n_processes == 1:
         return [compile_case(c) for c in cases]
     context = multiprocessing.get_context("spawn")  # fork would copy Numba's thread pools
-    with concurrent.futures.ProcessPoolExecutor(max_workers=min(jobs, len(cases)), mp_context=context) as pool:
+    with concurrent.futures.ProcessPoolExecutor(max_workers=n_processes, mp_context=context) as pool:
         return list(pool.map(compile_case, cases))

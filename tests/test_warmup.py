@@ -73,15 +73,80 @@ def test_user_tables_and_read_only_ids_reuse_the_cached_tables_kernel():
 
 
 def test_warmup_in_two_processes_returns_every_case_in_order():
-    results = W.warmup(("float64",), jobs=2)
+    results = W.warmup("float64", jobs=2)
     assert [r.case for r in results] == W.warmup_cases(("float64",))
 
 
 @pytest.mark.parametrize("kwargs,name", [({"jobs": 0}, "jobs"), ({"jobs": True}, "jobs"), ({"jobs": 1.5}, "jobs"),
-                                         ({"dtypes": ("int8",)}, "dtypes"), ({"dtypes": ("float",)}, "dtypes")])
+                                         ({"dtypes": ("int8",)}, "dtypes"), ({"dtypes": ("float",)}, "dtypes"),
+                                         ({"dtypes": ()}, "dtypes"), ({"dtypes": "f"}, "dtypes")])
 def test_bad_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         W.warmup(**kwargs)
+
+
+def test_a_dtype_name_alone_is_one_dtype():
+    assert W.warmup_cases("float64") == W.warmup_cases(("float64",))
+
+
+def test_bfloat16_without_ml_dtypes_is_refused_by_name(monkeypatch):
+    monkeypatch.setattr(W, "_bfloat16", lambda: None)
+    assert all(c.dtype != "bfloat16" for c in W.warmup_cases())  # the default: what can run here
+    with pytest.raises(ValueError, match="dtypes: 'bfloat16' needs ml_dtypes"):
+        W.warmup_cases(("float32", "bfloat16"))
+
+
+def test_ropeflow_kernels_lock_their_cache_files():
+    from ropeflow.backends import _numba, _numba_cache
+
+    for dispatcher in (_numba._apply_tiles.parallel, _numba._apply_tiles.serial, _numba._rotate_tile_narrow,
+                       _numba._exact_pairs):
+        assert type(dispatcher._cache._cache_file) is _numba_cache.LockedIndexDataCacheFile
+
+
+def test_cache_saves_are_one_step_for_other_saves(tmp_path, monkeypatch):
+    """Two saves of different keys at once, each from its own cache-file object (as from two processes; flock
+    locks open files, so threads show it too): with the lock, neither's index update is lost, and each key
+    loads its own data."""
+    import threading
+    import time
+
+    from numba.core.caching import IndexDataCacheFile
+
+    from ropeflow.backends import _numba_cache
+
+    slow_load = IndexDataCacheFile._load_index
+
+    def load_index_slowly(self):  # widen the read-modify-write window of the index
+        overloads = slow_load(self)
+        time.sleep(0.05)
+        return overloads
+
+    monkeypatch.setattr(IndexDataCacheFile, "_load_index", load_index_slowly)
+
+    def save_both(cls):
+        folder = tmp_path / cls.__name__
+        folder.mkdir()
+        files = [cls(str(folder), "f", ("stamp", 1)) for _ in range(2)]
+        errors = []
+
+        def save(f, i):
+            try:
+                f.save(f"key{i}", f"data{i}")
+            except OSError as exc:  # unlocked, both may write the same files at once
+                errors.append(exc)
+
+        threads = [threading.Thread(target=save, args=(f, i)) for i, f in enumerate(files)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        reader = IndexDataCacheFile(str(folder), "f", ("stamp", 1))
+        return [reader.load(f"key{i}") for i in range(2)], errors
+
+    assert save_both(_numba_cache.LockedIndexDataCacheFile) == (["data0", "data1"], [])
+    loaded, errors = save_both(IndexDataCacheFile)
+    assert errors or loaded != ["data0", "data1"]  # the race the lock closes
 
 
 def test_cli_compile(capsys):

@@ -42,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without numba
         "backend 'numba': numba is not installed (pip install numba, or reinstall ropeflow)"
     ) from exc
 
+from ._numba_cache import lock_cache_file  # noqa: E402  (needs numba)
 from ._numba_threads import parallel_kernel  # noqa: E402  (needs numba)
 
 # pi/2 = _PIO2_1 + _PIO2_2 + _PIO2_3, the first two with 26 significant bits.
@@ -67,7 +68,8 @@ def _jit(**options: Any):
 
     def decorate(fn):
         try:
-            return njit(cache=True, **_OPTIONS, **options)(fn)
+            # the cache's saves and loads locked against other processes compiling at the same time
+            return lock_cache_file(njit(cache=True, **_OPTIONS, **options)(fn))
         except RuntimeError:
             return njit(cache=False, **_OPTIONS, **options)(fn)
 
