@@ -122,8 +122,9 @@ def host_starts(offset: Any, n_batch: int) -> np.ndarray | None:
         return np.array((offset,), dtype=np.int64) if 0 <= offset <= MAX_POSITION else None
     if type(offset) is not np.ndarray or offset.shape != (n_batch,) or offset.dtype.kind not in "iu":
         return None
-    # values past int64 wrap to negative ones, which the kernel refuses
-    return offset if offset.dtype is _INT64 else offset.astype(np.int64)
+    # values past int64 wrap to negative ones, which the kernel refuses; a read-only array is copied, so that
+    # the kernel compiled for writeable positions serves it
+    return offset if offset.dtype is _INT64 and offset.flags.writeable else offset.astype(np.int64)
 
 
 def host_ids(ids: Any, n_batch: int, n_seq: int) -> np.ndarray | None:
@@ -134,8 +135,9 @@ def host_ids(ids: Any, n_batch: int, n_seq: int) -> np.ndarray | None:
         return None
     if ids.shape != ((n_seq,) if ids.ndim == 1 else (n_batch, n_seq)):
         return None
-    if ids.dtype is not _INT64 or not ids.flags.c_contiguous:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
+    flags = ids.flags
+    if ids.dtype is not _INT64 or not (flags.c_contiguous and flags.writeable):  # read-only: as in host_starts
+        ids = np.array(ids, dtype=np.int64, order="C")
     return ids if ids.ndim == 1 else ids.reshape(-1)
 
 

@@ -23,7 +23,6 @@ from ._errors import BackendUnavailableError
 from .backends import BACKEND_NAMES, available_backends
 from .rotary import RotaryEmbedding
 from .scaling import PRECISIONS
-from .warmup import WARMUP_DTYPES
 
 DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: Errors that mean "bad input": reported in one line with exit status 2.
@@ -345,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
             "inputs) into Numba's on-disk cache, spread over --jobs processes, so that "
             "later processes load them instead of compiling on their first call. Run it once per install "
             "(e.g. in a container build).")
-    p.add_argument("--dtype", action="append", choices=WARMUP_DTYPES, default=None, dest="dtypes",
+    p.add_argument("--dtype", action="append", choices=DTYPES, default=None, dest="dtypes",
                    help="an input dtype to compile for (repeat it; default: all)")
     p.add_argument("--jobs", type=_int_at_least(1), default=None,
                    help="processes compiling side by side (default: the CPUs this process may use)")

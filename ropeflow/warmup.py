@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._xp import bfloat16_dtype
+
 #: Input dtypes the kernels rotate.
 WARMUP_DTYPES = ("float32", "float16", "bfloat16", "float64")
 #: Storage dtypes of the cos/sin tables the kernels read.
@@ -91,12 +93,12 @@ def warmup_cases(dtypes: str | tuple[str, ...] | None = None) -> list[WarmupCase
     return prefill + decode
 
 
-def _bfloat16():
+def _bfloat16() -> np.dtype | None:
+    """NumPy's bfloat16 dtype, or None without ml_dtypes."""
     try:
-        import ml_dtypes
-    except ImportError:
+        return bfloat16_dtype()
+    except TypeError:
         return None
-    return ml_dtypes.bfloat16
 
 
 def _input(case: WarmupCase) -> np.ndarray:

@@ -1025,7 +1025,14 @@ class NumbaBackend:
             flags |= _tensor_flags(k, k_out, layout, rotary_dim, _COPY_K, _SAME_K)
             if layout == "deepseek" and np.may_share_memory(k, k_out):
                 k = k.copy()
+        # one compiled kernel per array type, and Numba's types include write access: tables travel read-only
+        # and positions writeable, as on the hot path (cached tables, fresh positions), so that a user's own
+        # tables or read-only ids reuse those kernels instead of compiling more
+        if cos.flags.writeable or sin.flags.writeable:
+            cos, sin = _read_only_view(cos), _read_only_view(sin)
         ids = np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)
+        if not ids.flags.writeable:
+            ids = ids.copy()
         if _launch(x, out, k, k_out, cos, sin, ids, flags, rotary_dim, False):
             raise ValueError(f"positions: must lie in [0, {cos.shape[0]}), the rows of the table given")
 
@@ -1113,13 +1120,6 @@ class _Walk:
         """:func:`_apply_tiles` on arrays of the shape, strides and dtype this walk was made for."""
         if k is None:
             k, k_out = x, out
-        # one compiled kernel per array type, and Numba's types include write access: tables always travel
-        # read-only (the cached ones are) and positions writeable (fresh ones are), so that a user's own
-        # tables or read-only ids reuse the kernels compiled for the cached ones instead of compiling more
-        if cos.flags.writeable or sin.flags.writeable:
-            cos, sin = _read_only_view(cos), _read_only_view(sin)
-        if not positions.flags.writeable:
-            positions = positions.copy()
         view = self.view
         if view is not None:
             x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
