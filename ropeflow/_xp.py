@@ -110,7 +110,7 @@ def dtype_name(dtype: Any, parameter: str = "dtype") -> str:
     else:
         try:
             name = np.dtype(dtype).name
-        except TypeError:
+        except Exception:  # noqa: BLE001 - NumPy raises TypeError, ValueError or SyntaxError (b",") on odd specs
             name = str(dtype)
     name = name.removeprefix("numpy.").removeprefix("torch.")
     aliases = {"half": "float16", "float": "float32", "double": "float64", "single": "float32"}
