@@ -59,6 +59,32 @@ def _reference(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> 
     return out
 
 
+def _certified(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> np.ndarray:
+    """x (H, S, D) rotated by the certified float32 path itself (:func:`_numba._rotate_tile_narrow`, tiles of 16
+    positions as in the kernel), whichever path ``apply_rotary`` takes for x's dtype on this CPU (float16 takes
+    the float64 one where the CPU has AVX512-FP16)."""
+    raw = np.uint16 if x.dtype == F16 else np.int16
+    half = x.shape[-1] // 2
+    xv = np.ascontiguousarray(x).view(raw)[None]
+    out = np.empty_like(xv)
+    doubt = np.empty(half, np.uint16)
+    code = {"half": 0, "interleaved": 1, "deepseek": 2}[layout]
+    for s0 in range(0, x.shape[1], 16):
+        n = min(16, x.shape[1] - s0)
+        c = np.ascontiguousarray(cos[s0:s0 + n, :half], dtype=np.float32)
+        s = np.ascontiguousarray(sin[s0:s0 + n, :half], dtype=np.float32)
+        tiny = ((c != 0) & (np.abs(c) < _numba.NARROW_TABLE_MIN)).any() or (
+            (s != 0) & (np.abs(s) < _numba.NARROW_TABLE_MIN)).any()
+        _numba._rotate_tile_narrow(xv, 0, s0, out, 0, s0, n, c, s, code, half, x.shape[-1], False, False, True,
+                                   doubt, bool(tiny))
+    return out[0].view(x.dtype)
+
+
+def _rotated_both_ways(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> list[np.ndarray]:
+    """x (H, S, D) rotated by ``apply_rotary`` (numba) and by the certified path called directly."""
+    return [apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0], _certified(x, cos, sin, layout)]
+
+
 def _same_bits(got: np.ndarray, want: np.ndarray) -> None:
     g, w = got.view(np.uint16), want.view(np.uint16)
     nan = np.isnan(want.astype(np.float64))
@@ -111,8 +137,8 @@ def test_results_at_and_beside_midpoints_are_rounded_once(dtype, layout):
         first, second = _pairs(x, layout)
         first[...], second[...] = pairs
     want = _reference(x, cos, sin, layout)
-    got = apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0]
-    _same_bits(got, want)
+    for got in _rotated_both_ways(x, cos, sin, layout):
+        _same_bits(got, want)
     # the float64 kernel (float64 tables) gives the same bits: the reference above is the kernel's contract
     wide = apply_rotary(x[None], cos.astype(np.float64), sin.astype(np.float64), layout=layout, backend="numba")[0]
     _same_bits(wide, want)
@@ -145,7 +171,8 @@ def test_specials_signed_zeros_subnormals_and_overflow(dtype):
     for layout in LAYOUTS:
         with np.errstate(all="ignore"):
             want = _reference(x, cos, sin, layout)
-        _same_bits(apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0], want)
+        for got in _rotated_both_ways(x, cos, sin, layout):
+            _same_bits(got, want)
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
@@ -164,7 +191,8 @@ def test_tiny_table_values_and_tiny_inputs(dtype):
     cos, sin = np.concatenate([c, c], 1), np.concatenate([s, s], 1)
     for layout in LAYOUTS:
         want = _reference(x, cos, sin, layout)
-        _same_bits(apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0], want)
+        for got in _rotated_both_ways(x, cos, sin, layout):
+            _same_bits(got, want)
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
@@ -186,6 +214,7 @@ def test_random_rotations_every_layout_and_walk(dtype):
             rows = q[b][..., :48]
             want = _reference(rows, cos[positions[b]], sin[positions[b]], layout)
             _same_bits(got[b][..., :48], want)
+            _same_bits(_certified(rows, cos[positions[b]], sin[positions[b]], layout), want)
             _same_bits(got[b][..., 48:], q[b][..., 48:])
         token_major = np.ascontiguousarray(q.transpose(0, 2, 1, 3))
         got_t = apply_rotary(token_major, cos, sin, positions, layout=layout, seq_axis=-3, backend="numba")
@@ -241,3 +270,32 @@ def test_float32_codecs_for_cpus_without_f16c():
     with np.errstate(over="ignore"):
         want_bits = samples.astype(F16).view(np.uint16)
     np.testing.assert_array_equal(np.array(encode(samples), dtype=np.uint16), want_bits)
+
+
+def test_bfloat16_interval_ends_round_half_away_from_zero():
+    """The certified path rounds its interval's ends to bfloat16 by ``(bits + 0x8000) >> 16``: round to
+    nearest even (``round_once``) everywhere but at a midpoint, which goes away from zero, for both signs,
+    subnormals, the largest values (to inf) and zeros."""
+    from numba import njit
+
+    from ropeflow.backends._numpy import round_once
+
+    row = np.zeros(1, np.int16)
+    ends = njit(lambda r, vs: [_numba._round16(r, v) for v in vs])
+    grid = _grid(BF16)
+    mids = ((grid[:-1] + grid[1:]) / 2).astype(np.float32)  # every midpoint: 9 significant bits, exact
+    mids = np.concatenate([mids, np.float32([(grid[-1] + 2.0**128) / 2, grid[0] / 2])])  # to inf; to zero
+    rng = np.random.default_rng(23)
+    others = np.concatenate([
+        np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(0)), grid.astype(np.float32),
+        (rng.standard_normal(20000) * 2.0 ** rng.integers(-149, 128, 20000)).astype(np.float32),
+        np.float32([0.0, 2.0**-149, 3.4e38, np.finfo(np.float32).max]),
+    ])
+    others = others[np.isfinite(others)]
+    for sign in (1, -1):
+        got = np.array(ends(row, sign * others), np.int16).view(np.uint16)
+        want = round_once((sign * others).astype(np.float64), BF16).view(np.uint16)
+        np.testing.assert_array_equal(got, want)
+        got_mids = np.array(ends(row, sign * mids), np.int16).view(BF16).astype(np.float64)
+        above = np.concatenate([grid[1:], [np.inf], [grid[0]]])  # the neighbour away from zero of each midpoint
+        np.testing.assert_array_equal(got_mids, sign * above)

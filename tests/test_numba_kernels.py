@@ -106,7 +106,8 @@ def test_half_precision_codecs_round_once_to_nearest_even(name):
 @pytest.mark.parametrize("name", ["float16", "bfloat16"])
 def test_vectorizable_codecs_equal_the_reference_codec(name):
     """The branch-free encoders of the rotation kernel (float16: round to odd in float32, then to nearest even,
-    also with the hardware conversion; bfloat16: an integer round to nearest even of the float64 bits) give
+    also with the hardware conversion, and AVX512-FP16's direct float64 -> float16 conversion where the CPU has
+    it; bfloat16: one float64 addition at bfloat16's spacing) give
     the bits of the reference encoder ``_encode`` (rounding from float64 directly) for every value tried, NaN
     included for bfloat16 (its quiet NaN with the sign); the bfloat16 decoder equals ``_decode`` on all 65536
     patterns."""
@@ -142,6 +143,8 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         mids + (finite[1:] - finite[:-1]) * 2.0**-30, mids - (finite[1:] - finite[:-1]) * 2.0**-30,
         rng.standard_normal(20000) * 2.0 ** rng.integers(-150, 130, 20000),
         [np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300, 1e-300, -1e-300, 3.4e38, 3.5e38, 65519.99, 65520.0],
+        [5e-324, -5e-324, 1.7976931348623157e308, -1.7976931348623157e308],
+        2.0 ** np.arange(120, 1024, 3) * rng.choice([-1.0, 1.0, 1.5, 1.00390625, -1.0078125], 302),  # big, capped
         nan_payloads,
     ])
     want = np.array(ref(samples)).astype(np.uint16)
@@ -149,6 +152,8 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
     encoders = [fast]
     if name == "float16":  # the F16C path (compiled where the CPU converts in hardware)
         encoders.append(njit(lambda vs: [_numba._encode_f16_hw(v) for v in vs]))
+        if _numba.HARDWARE_F64_F16:
+            encoders.append(njit(lambda vs: [_numba._f64_to_f16(v) for v in vs]))
     for encode in encoders:
         got = np.array(encode(samples)).astype(np.uint16)
         np.testing.assert_array_equal(got[~is_nan], want[~is_nan])

@@ -353,6 +353,22 @@ def _hardware_f16() -> bool:
 
 #: Compile the F16C codecs (read at compile time; numba's cache is keyed by the CPU and its features).
 HARDWARE_F16 = _hardware_f16()
+#: float64 -> float16 in one hardware rounding (AVX512-FP16's vcvtpd2ph). Where the CPU has it, float16 rows
+#: take the float64 path (see :func:`_is_narrow`), which then costs about as much as float32's.
+HARDWARE_F64_F16 = _cpu_has("avx512fp16")
+
+
+@intrinsic
+def _f64_to_f16(typingctx, x):
+    """float64 -> float16 bits (uint16), rounded once to nearest even by LLVM's ``fptrunc double to half``:
+    one vcvtpd2ph with AVX512-FP16 (NaN stays a quiet NaN, overflow gives inf, subnormals are exact). Only
+    compiled where :data:`HARDWARE_F64_F16`: elsewhere LLVM makes it a scalar library call."""
+    sig = types.uint16(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
+
+    return sig, codegen
 
 
 @_jit(inline="always")
@@ -370,34 +386,36 @@ def _encode_f16_hw(v):
     return _f32_to_f16(np.float32(_bits_f64(odd)))
 
 
-# float64 -> bfloat16 on the float64 bits (4-lane 64-bit integer operations and selects; no float32 step).
-_BF16_DROP = 52 - 7  # float64 mantissa bits below bfloat16's 7
-_BF16_REBIAS = (1023 - 127) << 7  # float64 exponent field -> bfloat16's, in the shifted bits
-_BF16_NORMAL_MIN = (1023 - 126) << 52  # float64 bits of 2**-126, bfloat16's smallest normal
-_BF16_OVERFLOW = (1023 + 128) << 52  # float64 bits of 2**128: at and above it bfloat16 is inf
-_F64_INF = 2047 << 52
-#: ulp(2**-81) = 2**-133, bfloat16's subnormal spacing: adding it rounds to that spacing (see _encode_bf16)
+# float64 -> bfloat16 by one float64 addition at bfloat16's spacing (4-lane float64 operations, no branch).
+_F64_EXP_MASK = 2047 << 52
+_BF16_SPACING_SHIFT = 45 << 52  # 2**45 times a power of two: adding it leaves bfloat16's 8 significant bits
+#: ulp(2**-81) = 2**-133, bfloat16's subnormal spacing: the smallest adder (see _encode_bf16)
 _BF16_SUB_MAGIC = 2.0**-81
-_BF16_SUB_MAGIC_BITS = (1023 - 81) << 52
+#: The largest adder: any |v| that would need more rounds to at least 2**155, inf in bfloat16 (see _encode_bf16)
+_BF16_MAGIC_CAP = 2.0**200
+_QUIET_NAN = float("nan")
 
 
 @_jit(inline="always")
 def _encode_bf16(v):
     """float64 -> bfloat16 bits (as int16), rounded once to nearest even, branch-free and vectorizable.
 
-    Normal results (``|v| >= 2**-126``): an integer round to nearest even of the float64 bits at bfloat16's
-    last mantissa bit (add ``2**44 - 1`` plus the last kept bit, shift out 45 bits; a carry into the exponent
-    is the correct rounding, up to inf), then the exponent rebiased. Subnormal results: ``|v| + 2**-81`` rounds
-    ``|v|`` to a multiple of ``2**-133`` in one float64 addition, and the bits above ``2**-81``'s are that
-    multiple, the subnormal's bits. inf and overflow give inf; NaN gives bfloat16's quiet NaN, ``v``'s sign."""
+    With ``|v|`` in ``[2**e, 2**(e+1))`` and ``m = 2**(e+45)``, ``|v| + m`` lies in ``[2**(e+45), 2**(e+46)]``,
+    where float64's spacing is ``2**(e-7)``, bfloat16's at ``|v|``; the addition rounds ``|v|`` to that
+    spacing, to nearest even (the last bit of the sum is the last bit of ``|v|``'s 8-bit significand, ``m``
+    having none there), and subtracting ``m`` is exact (Sterbenz). ``m`` is at least ``2**-81`` (spacing
+    ``2**-133``, bfloat16's subnormal one, below ``2**-126``) and at most ``2**200`` (``|v| >= 2**156`` then
+    gives ``r >= 2**155``). ``r`` is a bfloat16 value (or at least ``2**128``), so its float32 conversion is
+    exact (or inf, the correct overflow) and bfloat16's bits are the float32's upper half. NaN gives bfloat16's
+    quiet NaN; the sign is ``v``'s, zeros included. Assumes no flush-to-zero (float32 subnormal results)."""
     b = _f64_bits(v)
     a = b & np.int64(0x7FFFFFFFFFFFFFFF)
-    normal = ((a + np.int64((1 << (_BF16_DROP - 1)) - 1) + ((a >> _BF16_DROP) & 1)) >> _BF16_DROP) - _BF16_REBIAS
-    sub = _f64_bits(_bits_f64(a) + _BF16_SUB_MAGIC) - np.int64(_BF16_SUB_MAGIC_BITS)
-    h = sub if a < _BF16_NORMAL_MIN else normal
-    h = np.int64(0x7F80) if a >= _BF16_OVERFLOW else h
-    h = np.int64(0x7FC0) if a > _F64_INF else h
-    return np.int16(h | ((b >> 48) & np.int64(0x8000)))
+    m = min(max(_bits_f64((a & np.int64(_F64_EXP_MASK)) + np.int64(_BF16_SPACING_SHIFT)), _BF16_SUB_MAGIC),
+            _BF16_MAGIC_CAP)
+    r = (_bits_f64(a) + m) - m
+    r = r if r <= np.inf else _QUIET_NAN
+    r = _bits_f64(_f64_bits(r) | (b & np.int64(-0x8000000000000000)))
+    return np.int16(_f32_bits(np.float32(r)) >> np.int32(16))
 
 
 @_jit(inline="always")
@@ -430,7 +448,10 @@ def _put_impl(row, i, v):
     if row.dtype == types.uint16:
 
         def put_f16(row, i, v):
-            row[i] = _encode_f16_hw(v) if HARDWARE_F16 else _encode_f16(v)
+            if HARDWARE_F64_F16:
+                row[i] = _f64_to_f16(v)
+            else:
+                row[i] = _encode_f16_hw(v) if HARDWARE_F16 else _encode_f16(v)
 
         return put_f16
     if row.dtype == types.int16:
@@ -447,12 +468,13 @@ def _put_impl(row, i, v):
 
 
 # ------------------------------------------------------------ float16 / bfloat16 in float32, certified
-# float16 and bfloat16 rows with float32 tables are rotated in float32 (8 lanes per AVX2 vector instead of
-# float64's 4), and each result is *proved* equal to the float64 kernel's (the once-rounded exact value):
+# bfloat16 rows with float32 tables, and float16 ones where the CPU has no AVX512-FP16 (see _is_narrow), are
+# rotated in float32 (8 lanes per AVX2 vector instead of float64's 4), and each result is *proved* equal
+# to the float64 kernel's (the once-rounded exact value):
 #
 #   r, t = the float32 dot product x1*c + x2*s and its error scale, with |exact - r| <= 2**-24 * t
 #   e    = t * 3 * 2**-24                         # at least twice that bound, after float32 rounding
-#   lo, hi = to16(r - e), to16(r + e)             # round to nearest even: monotone
+#   lo, hi = to16(r - e), to16(r + e)             # monotone (bfloat16: ties away from zero, see _round16)
 #
 # Both the exact value and its float64 rounding (the reference's input to the final rounding) lie in
 # [r - e, r + e], so when ``lo == hi`` (and ``e`` is finite) it is the reference's result. Otherwise (about
@@ -538,7 +560,10 @@ def _load32(row, i):
 
 
 def _round16(row, v):
-    """float32 ``v`` rounded to nearest even to ``row``'s 16-bit format, as its bits (the row's dtype)."""
+    """float32 ``v`` rounded to ``row``'s 16-bit format, as its bits (the row's dtype): float16 to nearest even,
+    bfloat16 to nearest with ties away from zero. Used only at the ends of the certified interval, which lie
+    strictly outside the values they bracket: a tie there is never the result, and equal ends mean that no
+    midpoint lies between them (see :func:`_certified`)."""
 
 
 def _tiny16(row, v):
@@ -562,11 +587,11 @@ def _round16_impl(row, v):
         return lambda row, v: _f16_bits_of_f32_bits(np.int64(_f32_bits(v)) & 0xFFFFFFFF)
 
     def round_bf16(row, v):
-        # on all 32 bits, sign included: no carry reaches the sign bit from a finite value (at most
-        # 0x7F7FFFFF + 0x8000); unsigned 32-bit lanes, which LLVM keeps 8 to a vector
-        bits = np.uint32(_f32_bits(v))
-        h = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
-        return np.int16(np.uint16(h))
+        # bfloat16 is float32's upper half and its midpoints are the float32 patterns ending in 0x8000 (in
+        # magnitude, for either sign): adding 0x8000 carries exactly at and above a midpoint. On all 32 bits,
+        # sign included: no carry reaches the sign bit from a finite value (at most 0x7F7FFFFF + 0x8000);
+        # unsigned 32-bit lanes, which LLVM keeps 8 to a vector
+        return np.int16(np.uint16((np.uint32(_f32_bits(v)) + np.uint32(0x8000)) >> np.uint32(16)))
 
     return round_bf16
 
@@ -730,7 +755,11 @@ def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest,
 
 
 def _is_narrow(x: Any, table: Any) -> bool:
-    """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with a float32 table."""
+    """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with a float32 table, rotated in
+    float32 and certified; float16 takes the float64 path instead where the CPU rounds float64 to float16 in
+    hardware (:data:`HARDWARE_F64_F16`: there it is faster; figures in docs/backends.md)."""
+    if x.dtype == types.uint16 and HARDWARE_F64_F16:
+        return False
     return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
 
 
@@ -899,8 +928,8 @@ _STARTS = 1024
 def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile, max_chunks):
     """Rotate q (``x`` -> ``out``) and, with the ``_WITH_K`` flag, k (``k`` -> ``k_out``) in one launch. The
     work is cut into tiles of up to :data:`TILE` consecutive positions of one batch row; a tile widens its
-    cos/sin rows once (sign applied; to float64, or float32 for float16/bfloat16 inputs with float32 tables:
-    see :func:`_rotate_narrow`) and rotates every head of q and of k there (head counts and
+    cos/sin rows once (sign applied; to float64, or float32 for the certified path, see :func:`_is_narrow` and
+    :func:`_rotate_narrow`) and rotates every head of q and of k there (head counts and
     head dims may differ between q and k; their batch and seq are equal). Tiles are split into contiguous
     chunks, one parallel iteration each (at most ``max_chunks``).
 

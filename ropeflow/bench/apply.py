@@ -5,7 +5,9 @@ CPU (``CPU_CASES``): decode of 1, 8 and 64 sequences of one token (q 32 heads, k
 head-major and token-major memory (``seq_axis=-3``), and float16 / bfloat16 prefill; against the seed's PyTorch
 code, a jitted JAX rotation, MLX's ``mx.fast.rope`` and ggml's rope (llama.cpp's kernel, through ggml-python)
 where those are installed (``_peers``: each checked against ropeflow's output before it is timed), and a
-plain copy of q and k (into preallocated arrays, and into new ones). "half" layout (the seed's
+plain copy of q and k (into preallocated arrays, and into new ones; in the prefill cases ropeflow's two columns
+and the two copies are timed in alternating rounds, so that their ratios hold on a machine whose speed
+drifts). "half" layout (the seed's
 ``rotate_half`` form). The decode cases are also timed through ``RotaryEmbedding.plan``, in rounds
 alternating with ``apply``'s (printed under the table, ``notes["numba_plan_us"]`` in the JSON). GPU: prefill
 and decode shapes, median of ``repeats`` after a warm-up, CUDA events, against the seed's code on CUDA and a
@@ -196,20 +198,28 @@ def _ropeflow_times(case: tuple[Any, ...], repeats: int, progress: Progress) -> 
                 raise AssertionError(f"{name}: rope.plan's result differs from rope.apply's")
             times[backend], times["numba plan"] = _per_call_interleaved(
                 [call, lambda: step(q, k, offset=offsets)], repeats)
+        elif backend == "numba":  # timed below, in rounds alternating with the copies
+            numba_apply = call
         else:
             times[backend] = _per_call(call, repeats)
     qo, ko = np.empty_like(q), np.empty_like(k)
+    copy_into = lambda: (np.copyto(qo, q), np.copyto(ko, k))  # noqa: E731
+    new_copy = lambda: (q.copy(), k.copy())  # noqa: E731
     progress.step(f"copy {name}")
-    times["copy"] = _per_call(lambda: (np.copyto(qo, q), np.copyto(ko, k)), repeats)
     progress.step(f"new copy {name}")
-    times["new copy"] = _per_call(lambda: (q.copy(), k.copy()), repeats)
     progress.step(f"numba out {name}")
-    times["numba out"] = math.nan
-    if label.startswith("prefill"):  # decode: two calls' overhead, not the kernel
-        cos, sin = rope.cos_sin(TABLE_LEN)
-        times["numba out"] = _per_call(
-            lambda: [ropeflow.apply_rotary(x, cos, sin, offset=offsets, seq_axis=seq_axis, out=o, backend="numba")
-                     for x, o in ((q, qo), (k, ko))], repeats)
+    if label.startswith("decode"):  # decode: two calls' overhead, not the kernel
+        times["copy"], times["new copy"] = _per_call_interleaved([copy_into, new_copy], repeats)
+        times["numba out"] = math.nan
+        return times
+    # prefill: ropeflow and the copies in alternating rounds, so that the ratios compare like with like on a
+    # machine whose speed drifts between minutes
+    cos, sin = rope.cos_sin(TABLE_LEN)
+    rotate_into = lambda: [  # noqa: E731
+        ropeflow.apply_rotary(x, cos, sin, offset=offsets, seq_axis=seq_axis, out=o, backend="numba")
+        for x, o in ((q, qo), (k, ko))]
+    times["numba"], times["numba out"], times["copy"], times["new copy"] = _per_call_interleaved(
+        [numba_apply, rotate_into, copy_into, new_copy], repeats)
     return times
 
 
