@@ -311,3 +311,23 @@ def test_parallel_rotation_equals_the_serial_twin_and_the_loop_reference(case):
         want = apply_naive(x, cos.astype(np.float64), sin.astype(np.float64), positions, layout, dim, inverse)
         np.testing.assert_array_equal(got, want.astype(np.float32))
     np.testing.assert_array_equal(results[0][0], results[1][0])
+
+
+def test_row_loads_and_stores_carry_alias_tags_and_the_vector_width():
+    """The rotation rows' tagged loads and stores (``_load_in``/``_store_out``) read and write like indexing,
+    strided views included, and carry the alias-scope tags that spare LLVM its overlap checks; the function
+    holding them asks for 512-bit vectors exactly where ``PREFER_512_BIT``."""
+    from numba import njit
+
+    @njit
+    def doubled(src, dst):
+        for i in range(src.shape[0]):
+            _numba._store_out(dst, np.uint64(i), _numba._load_in(src, np.uint64(i)) * 2.0)
+
+    src = np.arange(40.0)[::3]  # a strided view
+    dst = np.zeros((src.shape[0], 3))[:, 1]  # another stride
+    doubled(src, dst)
+    np.testing.assert_array_equal(dst, 2 * src)
+    ir = next(iter(doubled.inspect_llvm().values()))
+    assert "!alias.scope" in ir and "!noalias" in ir
+    assert ('"prefer-vector-width"="512"' in ir) == _numba.PREFER_512_BIT

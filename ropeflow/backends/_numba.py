@@ -35,7 +35,7 @@ try:
     import numba
     from llvmlite import ir as llvm_ir
     from numba import njit, prange
-    from numba.core import types
+    from numba.core import cgutils, types
     from numba.extending import intrinsic, overload
 except ImportError as exc:  # pragma: no cover - exercised only without numba
     raise BackendUnavailableError(
@@ -424,6 +424,76 @@ def _decode_bf16(bits):
     return np.float64(_bits_f32(np.int32(bits) << 16))
 
 
+# Rotation rows read their inputs (input rows, table rows) and write their outputs (output rows, doubt flags)
+# through these two intrinsics, which tag the loads with an LLVM alias scope and the stores as not aliasing it.
+# The kernel guarantees it: in-place rotations read a scratch copy, partly overlapping outputs and inputs are
+# copied apart by the caller, and the tables are tiles of the kernel's own. Without the tags LLVM guards every
+# vectorized row loop with runtime overlap checks between each store stream and each load stream (about 90
+# instructions per row of 128 channels).
+
+#: Vectorize the rotation loops 512 bits wide (8 float64 or 16 float32 lanes) where the CPU has AVX512-FP16,
+#: i.e. Sapphire Rapids or a later Xeon, whose cores do not slow their clock for 512-bit work the way the
+#: first AVX-512 Xeons did (LLVM prefers 256-bit vectors on every Intel AVX-512 CPU because of those). Read at
+#: compile time; figures in docs/backends.md.
+PREFER_512_BIT = _cpu_has("avx512fp16")
+
+
+def _prefer_512_bit(function: Any) -> None:
+    """Give an LLVM function (the one a rotation loop is generated into) the attributes that let LLVM use
+    512-bit vectors in it. llvmlite checks enum attributes against a fixed list and has no key-value ones, but
+    prints its attribute set as written: the two string attributes go in through the set itself."""
+    for attribute in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
+        set.add(function.attributes, attribute)
+
+
+def _alias_lists(module: Any) -> tuple[Any, Any]:
+    """``(inputs, outputs)``: the scope lists for the tags (one domain, one scope each)."""
+    domain = module.add_metadata([llvm_ir.MetaDataString(module, "ropeflow rotation rows")])
+    inputs = module.add_metadata([llvm_ir.MetaDataString(module, "ropeflow rotation inputs"), domain])
+    outputs = module.add_metadata([llvm_ir.MetaDataString(module, "ropeflow rotation outputs"), domain])
+    return module.add_metadata([inputs]), module.add_metadata([outputs])
+
+
+@intrinsic
+def _load_in(typingctx, arr, idx):
+    """``arr[idx]`` (a 1-D array, any stride; ``idx`` in range, no wraparound) tagged as a rotation input."""
+    sig = arr.dtype(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        arrty, idxty = signature.args
+        ary = context.make_array(arrty)(context, builder, args[0])
+        index = context.cast(builder, args[1], idxty, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [index], wraparound=False)
+        value = builder.load(ptr)
+        if PREFER_512_BIT:
+            _prefer_512_bit(builder.function)
+        inputs, outputs = _alias_lists(builder.module)
+        value.set_metadata("alias.scope", inputs)
+        value.set_metadata("noalias", outputs)
+        return value
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_out(typingctx, arr, idx, value):
+    """``arr[idx] = value`` (``value`` of ``arr``'s dtype) tagged as a rotation output."""
+    sig = types.void(arr, idx, value)
+
+    def codegen(context, builder, signature, args):
+        arrty, idxty, valty = signature.args
+        ary = context.make_array(arrty)(context, builder, args[0])
+        index = context.cast(builder, args[1], idxty, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [index], wraparound=False)
+        store = builder.store(context.cast(builder, args[2], valty, arrty.dtype), ptr)
+        inputs, outputs = _alias_lists(builder.module)
+        store.set_metadata("alias.scope", outputs)
+        store.set_metadata("noalias", inputs)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _get(row, i):
     """``row[i]`` as float64; float16 rows arrive as uint16 views, bfloat16 rows as int16 views."""
 
@@ -436,11 +506,11 @@ def _put(row, i, v):
 def _get_impl(row, i):
     if row.dtype == types.uint16:
         if HARDWARE_F16:
-            return lambda row, i: _f16_to_f64(row[i])
-        return lambda row, i: _decode_f16(row[i])
+            return lambda row, i: _f16_to_f64(_load_in(row, i))
+        return lambda row, i: _decode_f16(_load_in(row, i))
     if row.dtype == types.int16:
-        return lambda row, i: _decode_bf16(row[i])
-    return lambda row, i: np.float64(row[i])
+        return lambda row, i: _decode_bf16(_load_in(row, i))
+    return lambda row, i: np.float64(_load_in(row, i))
 
 
 @overload(_put)
@@ -449,20 +519,20 @@ def _put_impl(row, i, v):
 
         def put_f16(row, i, v):
             if HARDWARE_F64_F16:
-                row[i] = _f64_to_f16(v)
+                _store_out(row, i, _f64_to_f16(v))
             else:
-                row[i] = _encode_f16_hw(v) if HARDWARE_F16 else _encode_f16(v)
+                _store_out(row, i, _encode_f16_hw(v) if HARDWARE_F16 else _encode_f16(v))
 
         return put_f16
     if row.dtype == types.int16:
 
         def put_bf16(row, i, v):
-            row[i] = _encode_bf16(v)
+            _store_out(row, i, _encode_bf16(v))
 
         return put_bf16
 
     def put_float(row, i, v):
-        row[i] = v
+        _store_out(row, i, v)
 
     return put_float
 
@@ -574,9 +644,9 @@ def _tiny16(row, v):
 def _load32_impl(row, i):
     if row.dtype == types.uint16:
         if HARDWARE_F16:
-            return lambda row, i: _f16_to_f32(row[i])
-        return lambda row, i: _decode_f16_f32(row[i])
-    return lambda row, i: _bits_f32(np.int32(row[i]) << 16)
+            return lambda row, i: _f16_to_f32(_load_in(row, i))
+        return lambda row, i: _decode_f16_f32(_load_in(row, i))
+    return lambda row, i: _bits_f32(np.int32(_load_in(row, i)) << 16)
 
 
 @overload(_round16, inline="always")
@@ -626,7 +696,7 @@ def _exact_pairs(xr, orow, c_row, s_row, doubt, half, in_step, in_gap, out_step,
             j1 = np.uint64(j)
             i1 = j1 * in_step
             o1 = j1 * out_step
-            c, sn = np.float64(c_row[j1]), np.float64(s_row[j1])
+            c, sn = np.float64(_load_in(c_row, j1)), np.float64(_load_in(s_row, j1))
             x1 = _get(xr, i1)
             x2 = _get(xr, i1 + in_gap)
             _put(orow, o1, x1 * c - x2 * sn)
@@ -653,15 +723,15 @@ def _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, e
         j1 = np.uint64(j)
         i1 = j1 * ui
         o1 = j1 * uo
-        c, sn = c_row[j1], s_row[j1]
+        c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _load32(xr, i1)
         x2 = _load32(xr, i1 + ug)
         h1, d1 = _certified(orow, x1, c, -x2, sn)
         h2, d2 = _certified(orow, x2, c, x1, sn)
-        orow[o1] = h1
-        orow[o1 + uog] = h2
+        _store_out(orow, o1, h1)
+        _store_out(orow, o1 + uog, h2)
         d = np.uint16(d1 | d2 | _tiny16(orow, x1) | _tiny16(orow, x2))
-        doubt[j1] = d
+        _store_out(doubt, j1, d)
         any_doubt = np.uint16(any_doubt | d)
     if any_doubt != 0:
         _exact_pairs(xr, orow, c_row, s_row, doubt, half, ui, ug, uo, uog)
@@ -699,7 +769,7 @@ def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt
     for j in range(half):
         j1 = np.uint64(j)
         j2 = j1 + uhalf
-        c, sn = c_row[j1], s_row[j1]
+        c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _get(xr, j1)
         x2 = _get(xr, j2)
         _put(orow, j1, x1 * c - x2 * sn)
@@ -714,7 +784,7 @@ def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest
     for j in range(half):
         j1 = np.uint64(j)
         e = j1 + j1
-        c, sn = c_row[j1], s_row[j1]
+        c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _get(xr, e)
         x2 = _get(xr, e + np.uint64(1))
         _put(orow, e, x1 * c - x2 * sn)
@@ -730,7 +800,7 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
     for j in range(half):
         j1 = np.uint64(j)
         e = j1 + j1
-        c, sn = c_row[j1], s_row[j1]
+        c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _get(xr, e)
         x2 = _get(xr, e + np.uint64(1))
         _put(orow, j1, x1 * c - x2 * sn)
@@ -756,9 +826,13 @@ def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest,
 
 def _is_narrow(x: Any, table: Any) -> bool:
     """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with a float32 table, rotated in
-    float32 and certified; float16 takes the float64 path instead where the CPU rounds float64 to float16 in
-    hardware (:data:`HARDWARE_F64_F16`: there it is faster; figures in docs/backends.md)."""
+    float32 and certified. float16 takes the float64 path instead where the CPU rounds float64 to float16 in
+    hardware (:data:`HARDWARE_F64_F16`), and bfloat16 where the loops use 512-bit vectors
+    (:data:`PREFER_512_BIT`, 8 float64 lanes): there the float64 path is faster (figures in
+    docs/backends.md)."""
     if x.dtype == types.uint16 and HARDWARE_F64_F16:
+        return False
+    if x.dtype == types.int16 and PREFER_512_BIT:
         return False
     return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
 
