@@ -145,6 +145,8 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         [np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300, 1e-300, -1e-300, 3.4e38, 3.5e38, 65519.99, 65520.0],
         [5e-324, -5e-324, 1.7976931348623157e308, -1.7976931348623157e308],
         2.0 ** np.arange(120, 1024, 3) * rng.choice([-1.0, 1.0, 1.5, 1.00390625, -1.0078125], 302),  # big, capped
+        ((np.arange(2047, dtype=np.int64) << 52) | rng.integers(0, 1 << 52, 2047)).view(np.float64),  # every
+        -((np.arange(2047, dtype=np.int64) << 52) | rng.integers(0, 1 << 52, 2047)).view(np.float64),  # exponent
         nan_payloads,
     ])
     want = np.array(ref(samples)).astype(np.uint16)

@@ -23,6 +23,7 @@ forked after a non-fork-safe layer (GNU OpenMP) started.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -327,13 +328,17 @@ def _f32_to_f16(typingctx, x):
     return sig, codegen
 
 
+#: x86 features that every AArch64 CPU has an equivalent of (float16 conversions, fused multiply-add).
+_AARCH64_HAS = ("f16c", "fma")
+
+
 def _cpu_has(feature: str) -> bool:
-    """Whether the CPU numba compiles for has ``feature`` (an LLVM x86 feature name such as "f16c" or "fma";
-    AArch64 has both float16 conversions and FMA)."""
+    """Whether the CPU numba compiles for has ``feature`` (an LLVM x86 feature name such as "f16c", "fma" or
+    "avx512fp16"). AArch64 counts as having the first two (:data:`_AARCH64_HAS`) and none of the others."""
     import platform
 
     if platform.machine().lower() in ("aarch64", "arm64"):
-        return True
+        return feature in _AARCH64_HAS
     features = numba.config.CPU_FEATURES
     if features is not None:
         return f"+{feature}" in features.split(",")
@@ -388,7 +393,7 @@ def _encode_f16_hw(v):
 
 # float64 -> bfloat16 by one float64 addition at bfloat16's spacing (4-lane float64 operations, no branch).
 _F64_EXP_MASK = 2047 << 52
-_BF16_SPACING_SHIFT = 45 << 52  # 2**45 times a power of two: adding it leaves bfloat16's 8 significant bits
+_BF16_SPACING_SCALE = 2.0**45  # 2**45 times |v|'s power of two: adding it leaves bfloat16's 8 significant bits
 #: ulp(2**-81) = 2**-133, bfloat16's subnormal spacing: the smallest adder (see _encode_bf16)
 _BF16_SUB_MAGIC = 2.0**-81
 #: The largest adder: any |v| that would need more rounds to at least 2**155, inf in bfloat16 (see _encode_bf16)
@@ -404,14 +409,16 @@ def _encode_bf16(v):
     where float64's spacing is ``2**(e-7)``, bfloat16's at ``|v|``; the addition rounds ``|v|`` to that
     spacing, to nearest even (the last bit of the sum is the last bit of ``|v|``'s 8-bit significand, ``m``
     having none there), and subtracting ``m`` is exact (Sterbenz). ``m`` is at least ``2**-81`` (spacing
-    ``2**-133``, bfloat16's subnormal one, below ``2**-126``) and at most ``2**200`` (``|v| >= 2**156`` then
-    gives ``r >= 2**155``). ``r`` is a bfloat16 value (or at least ``2**128``), so its float32 conversion is
+    ``2**-133``, bfloat16's subnormal one, below ``2**-126``) and at most ``2**200``: a capped ``m`` (``|v| >=
+    2**156``, inf and NaN included) leaves ``r`` at least ``2**155`` (or inf, or NaN) however the two
+    operations round. ``r`` is a bfloat16 value (or at least ``2**128``), so its float32 conversion is
     exact (or inf, the correct overflow) and bfloat16's bits are the float32's upper half. NaN gives bfloat16's
     quiet NaN; the sign is ``v``'s, zeros included. Assumes no flush-to-zero (float32 subnormal results)."""
     b = _f64_bits(v)
     a = b & np.int64(0x7FFFFFFFFFFFFFFF)
-    m = min(max(_bits_f64((a & np.int64(_F64_EXP_MASK)) + np.int64(_BF16_SPACING_SHIFT)), _BF16_SUB_MAGIC),
-            _BF16_MAGIC_CAP)
+    # 2**e from |v|'s exponent bits (0 for zeros and subnormals, inf for inf and NaN), scaled in float64:
+    # no integer overflow for any input
+    m = min(max(_bits_f64(a & np.int64(_F64_EXP_MASK)) * _BF16_SPACING_SCALE, _BF16_SUB_MAGIC), _BF16_MAGIC_CAP)
     r = (_bits_f64(a) + m) - m
     r = r if r <= np.inf else _QUIET_NAN
     r = _bits_f64(_f64_bits(r) | (b & np.int64(-0x8000000000000000)))
@@ -435,15 +442,15 @@ def _decode_bf16(bits):
 #: i.e. Sapphire Rapids or a later Xeon, whose cores do not slow their clock for 512-bit work the way the
 #: first AVX-512 Xeons did (LLVM prefers 256-bit vectors on every Intel AVX-512 CPU because of those). Read at
 #: compile time; figures in docs/backends.md.
-PREFER_512_BIT = _cpu_has("avx512fp16")
+PREFER_512_BIT = _cpu_has("avx512fp16") and issubclass(llvm_ir.values.FunctionAttributes, set)
 
 
 def _prefer_512_bit(function: Any) -> None:
-    """Give an LLVM function (the one a rotation loop is generated into) the attributes that let LLVM use
+    """Give an LLVM function (the one a rotation loop is generated into) the attribute that lets LLVM use
     512-bit vectors in it. llvmlite checks enum attributes against a fixed list and has no key-value ones, but
-    prints its attribute set as written: the two string attributes go in through the set itself."""
-    for attribute in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
-        set.add(function.attributes, attribute)
+    its attribute set is a ``set`` printed as written: the string attribute goes in through the set itself
+    (:data:`PREFER_512_BIT` is False where llvmlite's attribute set is not a ``set``)."""
+    set.add(function.attributes, '"prefer-vector-width"="512"')
 
 
 def _alias_lists(module: Any) -> tuple[Any, Any]:
@@ -824,15 +831,21 @@ def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest,
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 1, half)
 
 
+#: Set ROPEFLOW_NUMBA_CERTIFIED_HALF=1 to keep float16 and bfloat16 on the certified float32 path whatever the
+#: CPU (read at import; the tests use it to run that path end to end on CPUs that would skip it). Numba's
+#: on-disk cache does not know this switch: give such a process a NUMBA_CACHE_DIR of its own.
+FORCE_CERTIFIED_HALF = os.environ.get("ROPEFLOW_NUMBA_CERTIFIED_HALF") == "1"
+
+
 def _is_narrow(x: Any, table: Any) -> bool:
     """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with a float32 table, rotated in
     float32 and certified. float16 takes the float64 path instead where the CPU rounds float64 to float16 in
     hardware (:data:`HARDWARE_F64_F16`), and bfloat16 where the loops use 512-bit vectors
     (:data:`PREFER_512_BIT`, 8 float64 lanes): there the float64 path is faster (figures in
     docs/backends.md)."""
-    if x.dtype == types.uint16 and HARDWARE_F64_F16:
+    if x.dtype == types.uint16 and HARDWARE_F64_F16 and not FORCE_CERTIFIED_HALF:
         return False
-    if x.dtype == types.int16 and PREFER_512_BIT:
+    if x.dtype == types.int16 and PREFER_512_BIT and not FORCE_CERTIFIED_HALF:
         return False
     return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
 
@@ -1119,6 +1132,10 @@ class NumbaBackend:
         Strided views are read in place; only an in-place "deepseek" call (which permutes channels within a
         row) copies its input first. Work below :data:`SERIAL_ELEMENTS` elements runs on the calling thread
         (the serial twin: same code, same bits), since waking the thread pool costs more than it saves.
+
+        Precondition (the row loops are compiled on it, see :func:`_load_in`): ``out`` is ``x`` itself or
+        shares no memory with ``x``, ``k``, ``cos`` or ``sin``, and likewise ``k_out``; a partial overlap is
+        undefined here. The public functions copy such inputs apart before they get here.
         """
         flags = _LAYOUT_CODES[layout] | (_INVERSE if inverse else 0)
         flags |= _tensor_flags(x, out, layout, rotary_dim, _COPY_Q, _SAME_Q)
@@ -1149,8 +1166,8 @@ class NumbaBackend:
                   rotary_dim: int, token_major: bool) -> bool:
         """:meth:`apply` (forward) into ``out``/``k_out`` freshly allocated by the caller, so that they share
         no memory with anything, or in place (``out is x``, ``k_out is k``; not "deepseek"): the hot path's
-        entry, without the aliasing checks. With ``token_major`` the arrays are (B, S, H, D) (``seq_axis=-3``),
-        else (B, H, S, D).
+        entry, without the aliasing checks (a partial overlap would be undefined: see :meth:`apply`). With
+        ``token_major`` the arrays are (B, S, H, D) (``seq_axis=-3``), else (B, H, S, D).
 
         positions: 1-D int64, unchecked: first positions ``(B,)`` or ``(1,)`` (``starts``), or ids ``(B * S,)``
         or ``(S,)``. Returns False, having written nothing, when a position lies outside the table (or is
