@@ -68,7 +68,7 @@ def _certified(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> 
     xv = np.ascontiguousarray(x).view(raw)[None]
     out = np.empty_like(xv)
     doubt = np.empty(half, np.uint16)
-    code = {"half": 0, "interleaved": 1, "deepseek": 2}[layout]
+    code = _numba._LAYOUT_CODES[layout]
     for s0 in range(0, x.shape[1], 16):
         n = min(16, x.shape[1] - s0)
         c = np.ascontiguousarray(cos[s0:s0 + n, :half], dtype=np.float32)

@@ -316,16 +316,22 @@ def _decode_f16(bits):
     return np.float64(_decode_f16_f32(bits))
 
 
-@intrinsic
-def _f32_to_f16(typingctx, x):
-    """float32 -> float16 bits (uint16), rounded to nearest even by LLVM's ``fptrunc float to half``
-    (vcvtps2ph with F16C, fcvt on AArch64; LLVM turns ``fptrunc double to half`` into a scalar library call)."""
-    sig = types.uint16(types.float32)
+def _to_half_bits(source: Any, doc: str) -> Any:
+    """A Numba intrinsic rounding a ``source`` float to float16 by LLVM's ``fptrunc ... to half`` (to nearest
+    even), returning its bits as a uint16."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
+    def typer(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
 
-    return sig, codegen
+        return types.uint16(source), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_f32_to_f16 = _to_half_bits(types.float32, """float32 -> float16 bits (vcvtps2ph with F16C, fcvt on AArch64;
+LLVM turns ``fptrunc double to half`` into a scalar library call where the CPU has no AVX512-FP16).""")
 
 
 #: x86 features that every AArch64 CPU has an equivalent of (float16 conversions, fused multiply-add).
@@ -361,19 +367,9 @@ HARDWARE_F16 = _hardware_f16()
 #: float64 -> float16 in one hardware rounding (AVX512-FP16's vcvtpd2ph). Where the CPU has it, float16 rows
 #: take the float64 path (see :func:`_is_narrow`), which then costs about as much as float32's.
 HARDWARE_F64_F16 = _cpu_has("avx512fp16")
-
-
-@intrinsic
-def _f64_to_f16(typingctx, x):
-    """float64 -> float16 bits (uint16), rounded once to nearest even by LLVM's ``fptrunc double to half``:
-    one vcvtpd2ph with AVX512-FP16 (NaN stays a quiet NaN, overflow gives inf, subnormals are exact). Only
-    compiled where :data:`HARDWARE_F64_F16`: elsewhere LLVM makes it a scalar library call."""
-    sig = types.uint16(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], llvm_ir.HalfType()), llvm_ir.IntType(16))
-
-    return sig, codegen
+_f64_to_f16 = _to_half_bits(types.float64, """float64 -> float16 bits, rounded once: one vcvtpd2ph with
+AVX512-FP16 (NaN stays a quiet NaN, overflow gives inf, subnormals are exact). Only compiled where
+:data:`HARDWARE_F64_F16`: elsewhere LLVM makes it a scalar library call.""")
 
 
 @_jit(inline="always")
@@ -461,6 +457,13 @@ def _alias_lists(module: Any) -> tuple[Any, Any]:
     return module.add_metadata([inputs]), module.add_metadata([outputs])
 
 
+def _row_pointer(context: Any, builder: Any, arrty: Any, arr: Any, idxty: Any, idx: Any) -> Any:
+    """The address of ``arr[idx]`` for the tagged load and store (any stride, no wraparound)."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    index = context.cast(builder, idx, idxty, types.intp)
+    return cgutils.get_item_pointer(context, builder, arrty, ary, [index], wraparound=False)
+
+
 @intrinsic
 def _load_in(typingctx, arr, idx):
     """``arr[idx]`` (a 1-D array, any stride; ``idx`` in range, no wraparound) tagged as a rotation input."""
@@ -468,10 +471,7 @@ def _load_in(typingctx, arr, idx):
 
     def codegen(context, builder, signature, args):
         arrty, idxty = signature.args
-        ary = context.make_array(arrty)(context, builder, args[0])
-        index = context.cast(builder, args[1], idxty, types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [index], wraparound=False)
-        value = builder.load(ptr)
+        value = builder.load(_row_pointer(context, builder, arrty, args[0], idxty, args[1]))
         if PREFER_512_BIT:
             _prefer_512_bit(builder.function)
         inputs, outputs = _alias_lists(builder.module)
@@ -489,10 +489,8 @@ def _store_out(typingctx, arr, idx, value):
 
     def codegen(context, builder, signature, args):
         arrty, idxty, valty = signature.args
-        ary = context.make_array(arrty)(context, builder, args[0])
-        index = context.cast(builder, args[1], idxty, types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, arrty, ary, [index], wraparound=False)
-        store = builder.store(context.cast(builder, args[2], valty, arrty.dtype), ptr)
+        store = builder.store(context.cast(builder, args[2], valty, arrty.dtype),
+                              _row_pointer(context, builder, arrty, args[0], idxty, args[1]))
         inputs, outputs = _alias_lists(builder.module)
         store.set_metadata("alias.scope", outputs)
         store.set_metadata("noalias", inputs)
@@ -523,12 +521,10 @@ def _get_impl(row, i):
 @overload(_put)
 def _put_impl(row, i, v):
     if row.dtype == types.uint16:
+        encode = _f64_to_f16 if HARDWARE_F64_F16 else (_encode_f16_hw if HARDWARE_F16 else _encode_f16)
 
         def put_f16(row, i, v):
-            if HARDWARE_F64_F16:
-                _store_out(row, i, _f64_to_f16(v))
-            else:
-                _store_out(row, i, _encode_f16_hw(v) if HARDWARE_F16 else _encode_f16(v))
+            _store_out(row, i, encode(v))
 
         return put_f16
     if row.dtype == types.int16:
@@ -843,9 +839,8 @@ def _is_narrow(x: Any, table: Any) -> bool:
     hardware (:data:`HARDWARE_F64_F16`), and bfloat16 where the loops use 512-bit vectors
     (:data:`PREFER_512_BIT`, 8 float64 lanes): there the float64 path is faster (figures in
     docs/backends.md)."""
-    if x.dtype == types.uint16 and HARDWARE_F64_F16 and not FORCE_CERTIFIED_HALF:
-        return False
-    if x.dtype == types.int16 and PREFER_512_BIT and not FORCE_CERTIFIED_HALF:
+    float64_is_faster = (x.dtype == types.uint16 and HARDWARE_F64_F16) or (x.dtype == types.int16 and PREFER_512_BIT)
+    if float64_is_faster and not FORCE_CERTIFIED_HALF:
         return False
     return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
 
