@@ -394,7 +394,6 @@ _BF16_SPACING_SCALE = 2.0**45  # 2**45 times |v|'s power of two: adding it leave
 _BF16_SUB_MAGIC = 2.0**-81
 #: The largest adder: any |v| that would need more rounds to at least 2**155, inf in bfloat16 (see _encode_bf16)
 _BF16_MAGIC_CAP = 2.0**200
-_QUIET_NAN = float("nan")
 
 
 @_jit(inline="always")
@@ -408,15 +407,17 @@ def _encode_bf16(v):
     ``2**-133``, bfloat16's subnormal one, below ``2**-126``) and at most ``2**200``: a capped ``m`` (``|v| >=
     2**156``, inf and NaN included) leaves ``r`` at least ``2**155`` (or inf, or NaN) however the two
     operations round. ``r`` is a bfloat16 value (or at least ``2**128``), so its float32 conversion is
-    exact (or inf, the correct overflow) and bfloat16's bits are the float32's upper half. NaN gives bfloat16's
-    quiet NaN; the sign is ``v``'s, zeros included. Assumes no flush-to-zero (float32 subnormal results)."""
+    exact (or inf, the correct overflow) and bfloat16's bits are the float32's upper half. A NaN stays a NaN
+    through the addition, the subtraction and the float32 conversion, each of which returns it quiet (LLVM's
+    NaN rules, as x86 does): float32's quiet bit lies in the upper half, so the result is a quiet bfloat16 NaN
+    with the upper bits of ``v``'s payload. The sign is ``v``'s, zeros included. Assumes no flush-to-zero
+    (float32 subnormal results)."""
     b = _f64_bits(v)
     a = b & np.int64(0x7FFFFFFFFFFFFFFF)
     # 2**e from |v|'s exponent bits (0 for zeros and subnormals, inf for inf and NaN), scaled in float64:
     # no integer overflow for any input
     m = min(max(_bits_f64(a & np.int64(_F64_EXP_MASK)) * _BF16_SPACING_SCALE, _BF16_SUB_MAGIC), _BF16_MAGIC_CAP)
     r = (_bits_f64(a) + m) - m
-    r = r if r <= np.inf else _QUIET_NAN
     r = _bits_f64(_f64_bits(r) | (b & np.int64(-0x8000000000000000)))
     return np.int16(_f32_bits(np.float32(r)) >> np.int32(16))
 
