@@ -335,3 +335,59 @@ def test_row_loads_and_stores_carry_alias_tags_and_the_vector_width():
     ir = next(iter(doubled.inspect_llvm().values()))
     assert "!alias.scope" in ir and "!noalias" in ir
     assert ('"prefer-vector-width"="512"' in ir) == _numba.PREFER_512_BIT
+
+
+def _pair_dots():
+    """``(unfused, fused)``: :func:`_numba._pair_dot` over arrays, each form compiled on its own."""
+    from numba import njit
+
+    def over(fused):
+        return njit(lambda a, c, b, s: [_numba._pair_dot(a[i], c[i], b[i], s[i], fused) for i in range(a.shape[0])])
+
+    return over(False), over(True)
+
+
+def _pair_dot_operands(rng: np.random.Generator, n: int, x_dtype: type, table_dtype: type) -> list[np.ndarray]:
+    """``a, c, b, s`` (float64 arrays holding ``x_dtype`` and ``table_dtype`` values): model-like ones, products
+    that cancel to the last bit (``b*s`` near ``-a*c``), tiny and huge magnitudes, zeros of both signs, inf."""
+    def values(dtype, spread):
+        info = (np.finfo if np.dtype(dtype).kind == "f" else pytest.importorskip("ml_dtypes").finfo)(dtype)
+        low, high = (info.minexp - info.nmant, info.maxexp - 2) if spread else (0, 1)  # subnormals to near max
+        return (rng.standard_normal(n) * 2.0 ** rng.integers(low, high, n)).astype(dtype).astype(np.float64)
+
+    a, b = values(x_dtype, True), values(x_dtype, False)
+    c, s = values(table_dtype, False), values(table_dtype, True)
+    near = rng.random(n) < 0.3  # b*s about -a*c: cancellation leaves the products' last bits
+    s[near] = (-(a[near] * c[near]) / np.where(b[near] == 0, 1.0, b[near])).astype(table_dtype)
+    a[:8] = [0.0, -0.0, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0]
+    s[:8] = [-0.0, 0.0, 1.0, 0.5, np.inf, 0.0, -0.0, 0.0]
+    return [np.ascontiguousarray(v) for v in (a, c, b, s)]
+
+
+@pytest.mark.parametrize("x_name", ["float32", "float16", "bfloat16"])
+def test_fused_pair_dot_equals_the_unfused_one_where_products_are_exact(x_name):
+    """The rotation rows fuse ``a*c + b*s`` into one FMA where the table is float32 and the input float32,
+    float16 or bfloat16 (``_fused_products``): both products are then exact in float64, so the fused and the
+    unfused results are the same bits (NaN aside: inf * 0 gives a NaN both ways). float64 operands are not
+    exact, and there the two forms differ, which is why float64 inputs and tables stay unfused."""
+    x_dtype = np.dtype(pytest.importorskip("ml_dtypes").bfloat16) if x_name == "bfloat16" else np.dtype(x_name)
+    unfused, fused = _pair_dots()
+    rng = np.random.default_rng(17)
+    operands = _pair_dot_operands(rng, 200_000, x_dtype, np.float32)
+    want, got = np.array(unfused(*operands)), np.array(fused(*operands))
+    both_nan = np.isnan(want) & np.isnan(got)
+    assert both_nan.sum() < 10  # only the few inf * 0 cases
+    np.testing.assert_array_equal(got[~both_nan].view(np.int64), want[~both_nan].view(np.int64))  # -0 too
+    wide = _pair_dot_operands(rng, 20_000, np.float64, np.float64)
+    assert (np.array(fused(*wide)) != np.array(unfused(*wide))).sum() > 1000
+
+
+def test_products_are_fused_only_for_narrow_inputs_and_float32_tables():
+    from numba import njit
+
+    probe = njit(lambda x, cos: _numba._fused_products(x, cos))
+    table32, table64 = np.zeros((1, 1), np.float32), np.zeros((1, 1))
+    for x in (np.zeros(1, np.float32), np.zeros(1, np.uint16), np.zeros(1, np.int16)):
+        assert probe(x, table32) is _numba.HARDWARE_FMA
+        assert probe(x, table64) is False
+    assert probe(np.zeros(1), table32) is False
