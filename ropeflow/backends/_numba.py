@@ -1001,7 +1001,7 @@ def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, hal
 @_jit(inline="always")
 def _scratch(x, tile, token_major, needed):
     """A C-contiguous buffer for one tile of ``x`` ((1, tile, H, D) token-major, (1, H, tile, D) head-major),
-    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_rotate_in_place`)."""
+    or a 1-element stand-in when ``needed`` is False (in-place calls only: see :func:`_copy_to_scratch`)."""
     if not needed:
         return np.empty((1, 1, 1, 1), dtype=x.dtype)
     if token_major:
@@ -1010,11 +1010,11 @@ def _scratch(x, tile, token_major, needed):
 
 
 @_jit(inline="always")
-def _rotate_in_place(x, out, scratch, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, token_major,
-                     seq_inner, doubt, exact_only, fused):
-    """One tile of one tensor rotated in place (``out`` is ``x``, typed as the writable output): its rows are
-    first copied to ``scratch`` and rotated from there into ``out``. LLVM vectorizes a row loop only behind a
-    runtime check that its input and output do not overlap, so rows rotated onto themselves would run scalar."""
+def _copy_to_scratch(x, scratch, b, s0, n_pos, rotary_dim, token_major):
+    """Copy one tile's rows of ``x`` (batch row ``b``, sequence indices ``s0 ..``, channels below
+    ``rotary_dim``) to ``scratch``, for an in-place rotation: the tile is then rotated from ``scratch`` into
+    ``x``. LLVM vectorizes a row loop only behind a runtime check that its input and output do not overlap, so
+    rows rotated onto themselves would run scalar."""
     if token_major:
         for t in range(n_pos):
             for h in range(x.shape[2]):
@@ -1023,10 +1023,6 @@ def _rotate_in_place(x, out, scratch, b, s0, n_pos, c_tile, s_tile, layout, half
         for h in range(x.shape[1]):
             for t in range(n_pos):
                 _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
-    zero = b - b  # int64 and bool variables, not literals: literal arguments would compile _rotate_tile again
-    keep_rest = zero != zero  # the channels past rotary_dim are already in place
-    _rotate_tile(scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, keep_rest,
-                 token_major, seq_inner, doubt, exact_only, fused)
 
 
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
@@ -1096,18 +1092,24 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
                     c_tile[t, j] = cv
                     s_tile[t, j] = sign * sv
                     exact_only |= _tiny_table_value(c_tile, cv) | _tiny_table_value(c_tile, sv)
-            # out-of-place tiles call _rotate_tile from here: passed through an inlined helper, the arrays would
-            # gain a reference-count increment and decrement around each call (atomic; about 50-100 ns a tile)
+            # _rotate_tile is called from here, not from an inlined helper: there, Numba would wrap each call in
+            # atomic reference-count increments and decrements of the arrays passed (about 50-100 ns a tile).
+            # In place (out is x), the tile is rotated from a scratch copy into out (x typed as writable);
+            # zero and keep_rest are variables, not literals, which would compile _rotate_tile again
+            zero = b - b
+            keep_rest = zero != zero  # in place, the channels past rotary_dim are already there
             if same_q:
-                _rotate_in_place(x, out, x_scratch, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                                 token_major, seq_inner, doubt, exact_only, fused_q)
+                _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_dim, token_major)
+                _rotate_tile(x_scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
+                             keep_rest, token_major, seq_inner, doubt, exact_only, fused_q)
             else:
                 _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
                              token_major, seq_inner, doubt, exact_only, fused_q)
             if with_k:
                 if same_k:
-                    _rotate_in_place(k, k_out, k_scratch, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                                     token_major, seq_inner, doubt, exact_only, fused_k)
+                    _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_dim, token_major)
+                    _rotate_tile(k_scratch, zero, zero, k_out, b, s0, n_pos, c_tile, s_tile, layout, half,
+                                 rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, fused_k)
                 else:
                     _rotate_tile(k, b, s0, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k,
                                  token_major, seq_inner, doubt, exact_only, fused_k)
