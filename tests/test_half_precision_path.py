@@ -76,7 +76,7 @@ def _certified(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, layout: str) -> 
         tiny = ((c != 0) & (np.abs(c) < _numba.NARROW_TABLE_MIN)).any() or (
             (s != 0) & (np.abs(s) < _numba.NARROW_TABLE_MIN)).any()
         _numba._rotate_tile_narrow(xv, 0, s0, out, 0, s0, n, c, s, code, half, x.shape[-1], False, False, True,
-                                   doubt, bool(tiny), False)
+                                   doubt, bool(tiny), np.float32(0))
     return out[0].view(x.dtype)
 
 

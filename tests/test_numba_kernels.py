@@ -136,8 +136,9 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
     finite = np.unique(values[np.isfinite(values)])
     mids = (finite[:-1] + finite[1:]) / 2
     rng = np.random.default_rng(11)
-    nan_payloads = (np.array([0x7FF8000000000001, 0x7FFFFFFFFFFFFFFF, -1, 0x7FF0000000000001], np.int64)
-                    .view(np.float64))
+    nan_payloads = (np.array([0x7FF8000000000001, 0x7FFFFFFFFFFFFFFF, -1, 0x7FF0000000000001,
+                              -0x000FFFFFFFFFFFFF, 0x7FF4000000000000, -0x000BFFFFFFFFFFFF], np.int64)
+                    .view(np.float64))  # quiet and signalling, both signs, payload bits low and high
     samples = np.concatenate([
         values, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
         mids + (finite[1:] - finite[:-1]) * 2.0**-30, mids - (finite[1:] - finite[:-1]) * 2.0**-30,
@@ -349,14 +350,16 @@ def _pair_dots():
 
 def _pair_dot_operands(rng: np.random.Generator, n: int, x_dtype: type, table_dtype: type) -> list[np.ndarray]:
     """``a, c, b, s`` (float64 arrays holding ``x_dtype`` and ``table_dtype`` values): model-like ones, products
-    that cancel to the last bit (``b*s`` near ``-a*c``), tiny and huge magnitudes, zeros of both signs, inf."""
+    that cancel to the last bit (``b*s`` near ``-a*c``), magnitudes from the dtypes' subnormals to near their
+    largest values (so ``a*c``, the product inside the FMA, reaches 2**-298 and 2**256), zeros of both signs,
+    inf."""
     def values(dtype, spread):
         info = (np.finfo if np.dtype(dtype).kind == "f" else pytest.importorskip("ml_dtypes").finfo)(dtype)
         low, high = (info.minexp - info.nmant, info.maxexp - 2) if spread else (0, 1)  # subnormals to near max
         return (rng.standard_normal(n) * 2.0 ** rng.integers(low, high, n)).astype(dtype).astype(np.float64)
 
     a, b = values(x_dtype, True), values(x_dtype, False)
-    c, s = values(table_dtype, False), values(table_dtype, True)
+    c, s = values(table_dtype, True), values(table_dtype, True)  # c: the product inside the FMA
     near = rng.random(n) < 0.3  # b*s about -a*c: cancellation leaves the products' last bits
     with np.errstate(over="ignore"):  # quotients past the table dtype's range become inf: kept, as inf operands
         s[near] = (-(a[near] * c[near]) / np.where(b[near] == 0, 1.0, b[near])).astype(table_dtype)
@@ -383,12 +386,14 @@ def test_fused_pair_dot_equals_the_unfused_one_where_products_are_exact(x_name):
     assert (np.array(fused(*wide)) != np.array(unfused(*wide))).sum() > 1000
 
 
-def test_products_are_fused_only_for_narrow_inputs_and_float32_tables():
+def test_products_are_fused_only_for_narrow_inputs_and_float32_cos_tables():
+    """The fused form is chosen from the types, where the tile function is compiled: the input row's dtype
+    and the cos table's (``_zero_like_entry`` carries it there as a scalar of that dtype)."""
     from numba import njit
 
-    probe = njit(lambda x, cos: _numba._fused_products(x, cos))
+    probe = njit(lambda row, cos: _numba._fused_products(row, _numba._zero_like_entry(cos)))
     table32, table64 = np.zeros((1, 1), np.float32), np.zeros((1, 1))
-    for x in (np.zeros(1, np.float32), np.zeros(1, np.uint16), np.zeros(1, np.int16)):
-        assert probe(x, table32) is _numba.HARDWARE_FMA
-        assert probe(x, table64) is False
+    for row in (np.zeros(1, np.float32), np.zeros(1, np.uint16), np.zeros(1, np.int16)):
+        assert probe(row, table32) is _numba.HARDWARE_FMA
+        assert probe(row, table64) is False
     assert probe(np.zeros(1), table32) is False

@@ -407,10 +407,11 @@ def _encode_bf16(v):
     ``2**-133``, bfloat16's subnormal one, below ``2**-126``) and at most ``2**200``: a capped ``m`` (``|v| >=
     2**156``, inf and NaN included) leaves ``r`` at least ``2**155`` (or inf, or NaN) however the two
     operations round. ``r`` is a bfloat16 value (or at least ``2**128``), so its float32 conversion is
-    exact (or inf, the correct overflow) and bfloat16's bits are the float32's upper half. A NaN stays a NaN
-    through the addition, the subtraction and the float32 conversion, each of which returns it quiet (LLVM's
-    NaN rules, as x86 does): float32's quiet bit lies in the upper half, so the result is a quiet bfloat16 NaN
-    with the upper bits of ``v``'s payload. The sign is ``v``'s, zeros included. Assumes no flush-to-zero
+    exact (or inf, the correct overflow) and bfloat16's bits are the float32's upper half. A NaN stays a NaN:
+    x86 and AArch64 (outside default-NaN mode) return a quiet NaN from the addition, the subtraction and the
+    float32 conversion, keeping the payload's upper bits, and nothing here is one that LLVM folds away
+    (fastmath off). float32's quiet bit lies in the upper half, so the result is a quiet bfloat16 NaN. The
+    sign is ``v``'s, zeros included. Assumes no flush-to-zero
     (float32 subnormal results)."""
     b = _f64_bits(v)
     a = b & np.int64(0x7FFFFFFFFFFFFFFF)
@@ -769,24 +770,25 @@ def _copy_channels(src, dst, start, stop):
 # channels past ``rotary_dim`` copied when ``copy_rest``. float32 and float64 rows are rotated in float64
 # (float64 tile rows); float16 and bfloat16 rows with float32 tile rows in float32, certified (see
 # :func:`_rotate_narrow`; ``doubt`` and ``exact_only`` serve only those; on CPUs with AVX512-FP16 they take
-# the float64 rows too, see :func:`_is_narrow`). ``fused``: see :func:`_pair_dot`. One function per layout, each a
-# unit-stride loop that LLVM vectorizes (a runtime layout switch inside the row loop halves the speed). The
-# channel indices are unsigned: Numba then emits no negative-index wraparound, which for ``j + half`` (LLVM
-# cannot tell its sign) would otherwise keep the loop scalar.
+# the float64 rows too, see :func:`_is_narrow`). ``cos_kind``: see :func:`_zero_like_entry`. One function per
+# layout, each a unit-stride loop that LLVM vectorizes (a runtime layout switch inside the row loop halves the
+# speed). The channel indices are unsigned: Numba then emits no negative-index wraparound, which for ``j +
+# half`` (LLVM cannot tell its sign) would otherwise keep the loop scalar.
 @_jit(inline="always")
 def _pair_dot(a, c, b, s, fused):
-    """``a * c + b * s`` in float64, rounded once at the end when ``fused`` (a compile-time constant: see
-    :func:`_fused_products`), else after each operation as well. ``fused`` is only set where both products are
-    exact in float64, and then the two are the same value, bit for bit: ``fl(fl(a*c) + b*s) == fl(a*c + b*s)``
-    with ``fl(b*s) == b*s``. One instruction fewer per output, about 13% of a float32 row loop."""
+    """``a * c + b * s`` in float64: ``fma(a, c, fl(b*s))`` when ``fused`` (a compile-time constant, see
+    :func:`_fused_products`), else ``fl(fl(a*c) + fl(b*s))``. ``fused`` is only set where ``a*c`` (an input
+    times a cos entry) is exact in float64, and then the two are the same value, bit for bit (NaN payloads
+    and signs aside). One instruction fewer per output, about 13% of a float32 row loop."""
     if fused:
         return _fma64(a, c, b * s)
     return a * c + b * s
 
 
 @_jit(inline="always")
-def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused):
+def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
     """"half": channel j pairs with j + half."""
+    fused = _fused_products(xr, cos_kind)
     uhalf = np.uint64(half)
     for j in range(half):
         j1 = np.uint64(j)
@@ -801,8 +803,9 @@ def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt
 
 
 @_jit(inline="always")
-def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused):
+def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
     """"interleaved": channels (2j, 2j + 1) pair and stay in place."""
+    fused = _fused_products(xr, cos_kind)
     for j in range(half):
         j1 = np.uint64(j)
         e = j1 + j1
@@ -816,8 +819,9 @@ def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest
 
 
 @_jit(inline="always")
-def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused):
+def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
     """"deepseek": channels (2j, 2j + 1) pair and land in (j, j + half)."""
+    fused = _fused_products(xr, cos_kind)
     uhalf = np.uint64(half)
     for j in range(half):
         j1 = np.uint64(j)
@@ -832,17 +836,17 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
 
 
 @_jit(inline="always")
-def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused):
+def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 1, half, 1, half)
 
 
 @_jit(inline="always")
-def _rotate_interleaved_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused):
+def _rotate_interleaved_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 2, 1)
 
 
 @_jit(inline="always")
-def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused):
+def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 1, half)
 
 
@@ -864,17 +868,30 @@ def _is_narrow(x: Any, table: Any) -> bool:
     return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
 
 
-def _fused_products(x, cos):
-    """Whether rows of ``x`` rotated by tables like ``cos`` may use :func:`_pair_dot`'s fused form (a
-    compile-time constant): where the CPU has FMA, ``x`` is float32, float16 or bfloat16 (at most 24
-    significant bits) and the table float32 (24 bits). Their products have at most 48 significant bits, between
-    2**-298 and 2**256 when nonzero: exact in float64. float64 inputs or tables are not."""
+def _fused_products(row, cos_kind):
+    """Whether ``row`` (an input row) rotated by a cos table of ``cos_kind``'s dtype may use :func:`_pair_dot`'s
+    fused form; a compile-time constant, decided from the types: where the CPU has FMA, the input is float32,
+    float16 or bfloat16 (at most 24 significant bits) and the cos table float32 (24 bits). Their products have
+    at most 48 significant bits, between 2**-298 and 2**256 when nonzero: exact in float64. A float64 input
+    or cos table is not (the sin table's dtype does not matter: its product is rounded either way)."""
 
 
 @overload(_fused_products, inline="always")
-def _fused_products_impl(x, cos):
-    fused = HARDWARE_FMA and x.dtype in (types.float32, types.uint16, types.int16) and cos.dtype == types.float32
-    return lambda x, cos: fused
+def _fused_products_impl(row, cos_kind):
+    fused = HARDWARE_FMA and row.dtype in (types.float32, types.uint16, types.int16) and cos_kind == types.float32
+    return lambda row, cos_kind: fused
+
+
+def _zero_like_entry(table):
+    """A zero of ``table``'s dtype: passed down to the tile function, its type tells the table's dtype there
+    (the tiles themselves are float64), at no cost per call."""
+
+
+@overload(_zero_like_entry, inline="always")
+def _zero_like_entry_impl(table):
+    if table.dtype == types.float32:
+        return lambda table: np.float32(0)
+    return lambda table: np.float64(0)
 
 
 def _table_tile(x, cos, rows, cols):
@@ -910,7 +927,7 @@ def _tile_walker(rotate_row: Any) -> Any:
 
     @njit(inline="always", **_OPTIONS)
     def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner,
-             doubt, exact_only, fused):
+             doubt, exact_only, cos_kind):
         # one loop nest and one call site of the (inlined) row function for the three walks: each inlined
         # copy costs seconds of compile time
         n_heads = out.shape[2] if token_major else out.shape[1]
@@ -929,7 +946,7 @@ def _tile_walker(rotate_row: Any) -> Any:
                     xr, orow = x[xb, xs0 + t, h], out[b, s0 + t, h]
                 else:
                     xr, orow = x[xb, h, xs0 + t], out[b, h, s0 + t]
-                rotate_row(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, fused)
+                rotate_row(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind)
 
     return walk
 
@@ -940,16 +957,16 @@ def _layout_walker(walk_half: Any, walk_interleaved: Any, walk_deepseek: Any) ->
 
     @njit(inline="always", **_OPTIONS)
     def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-             seq_inner, doubt, exact_only, fused):
+             seq_inner, doubt, exact_only, cos_kind):
         if layout == 0:
             walk_half(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                      seq_inner, doubt, exact_only, fused)
+                      seq_inner, doubt, exact_only, cos_kind)
         elif layout == 1:
             walk_interleaved(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest,
-                             token_major, seq_inner, doubt, exact_only, fused)
+                             token_major, seq_inner, doubt, exact_only, cos_kind)
         else:
             walk_deepseek(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                          seq_inner, doubt, exact_only, fused)
+                          seq_inner, doubt, exact_only, cos_kind)
 
     return walk
 
@@ -962,24 +979,24 @@ _walk_narrow = _layout_walker(_tile_walker(_rotate_half_narrow), _tile_walker(_r
 
 @_jit(inline="always")
 def _rotate_tile_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only, fused):
-    """A tile's rows of one float32/float64 tensor (float64 tile rows): see :func:`_rotate_tile`. Inlined
-    into the kernel: a call per tile costs about 7% of a float32 decode step (the float16/bfloat16 twin
-    gains nothing from inlining and stays a call, which compiles in a third less time)."""
+                      token_major, seq_inner, doubt, exact_only, cos_kind):
+    """A tile's rows of one tensor on float64 tile rows: see :func:`_rotate_tile`. Inlined into the function
+    that :func:`_rotate_tile` compiles per signature, which the kernel calls once per tile and tensor (the
+    certified float16/bfloat16 twin stays a call of its own)."""
     _walk_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-               seq_inner, doubt, exact_only, fused)
+               seq_inner, doubt, exact_only, cos_kind)
 
 
 @_jit()
 def _rotate_tile_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                        token_major, seq_inner, doubt, exact_only, fused):
+                        token_major, seq_inner, doubt, exact_only, cos_kind):
     """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_rotate_tile`."""
     _walk_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                 seq_inner, doubt, exact_only, fused)
+                 seq_inner, doubt, exact_only, cos_kind)
 
 
 def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                 seq_inner, doubt, exact_only, fused):
+                 seq_inner, doubt, exact_only, cos_kind):
     """The tile's rows of one tensor (``x`` rows ``xb``, ``xs0 ..`` into ``out`` rows ``b``, ``s0 ..``):
     :func:`_rotate_tile_narrow` for float16/bfloat16 with float32 tile rows, else :func:`_rotate_tile_wide`
     (chosen when numba types the call; one compiled call per tile)."""
@@ -987,13 +1004,13 @@ def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, ro
 
 @overload(_rotate_tile)
 def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only, fused):
+                      token_major, seq_inner, doubt, exact_only, cos_kind):
     chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else _rotate_tile_wide
 
     def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                    token_major, seq_inner, doubt, exact_only, fused):
+                    token_major, seq_inner, doubt, exact_only, cos_kind):
         chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-               seq_inner, doubt, exact_only, fused)
+               seq_inner, doubt, exact_only, cos_kind)
 
     return rotate_tile
 
@@ -1072,7 +1089,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     n_chunks = max(1, min(n_tiles, max_chunks))
     for chunk in prange(n_chunks):
         # constants, set inside the parallel loop: set outside, they would reach its body as arguments
-        fused_q, fused_k = _fused_products(x, cos), _fused_products(k, cos)
+        cos_kind = _zero_like_entry(cos)  # the table's dtype, for _fused_products in the compiled tile function
         c_tile = _table_tile(x, cos, tile, half)
         s_tile = _table_tile(x, cos, tile, half)
         doubt = np.empty(half, dtype=np.uint16)
@@ -1093,7 +1110,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
                     s_tile[t, j] = sign * sv
                     exact_only |= _tiny_table_value(c_tile, cv) | _tiny_table_value(c_tile, sv)
             # _rotate_tile is called from here, not from an inlined helper: there, Numba would wrap each call in
-            # atomic reference-count increments and decrements of the arrays passed (about 50-100 ns a tile).
+            # atomic reference-count increments and decrements of the arrays passed (50-100 ns a call).
             # In place (out is x), the tile is rotated from a scratch copy into out (x typed as writable);
             # zero and keep_rest are variables, not literals, which would compile _rotate_tile again
             zero = b - b
@@ -1101,18 +1118,18 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             if same_q:
                 _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_dim, token_major)
                 _rotate_tile(x_scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                             keep_rest, token_major, seq_inner, doubt, exact_only, fused_q)
+                             keep_rest, token_major, seq_inner, doubt, exact_only, cos_kind)
             else:
                 _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
-                             token_major, seq_inner, doubt, exact_only, fused_q)
+                             token_major, seq_inner, doubt, exact_only, cos_kind)
             if with_k:
                 if same_k:
                     _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_dim, token_major)
                     _rotate_tile(k_scratch, zero, zero, k_out, b, s0, n_pos, c_tile, s_tile, layout, half,
-                                 rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, fused_k)
+                                 rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, cos_kind)
                 else:
                     _rotate_tile(k, b, s0, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k,
-                                 token_major, seq_inner, doubt, exact_only, fused_k)
+                                 token_major, seq_inner, doubt, exact_only, cos_kind)
     return 0
 
 
