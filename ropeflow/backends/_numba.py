@@ -411,8 +411,7 @@ def _encode_bf16(v):
     x86 and AArch64 (outside default-NaN mode) return a quiet NaN from the addition, the subtraction and the
     float32 conversion, keeping the payload's upper bits, and nothing here is one that LLVM folds away
     (fastmath off). float32's quiet bit lies in the upper half, so the result is a quiet bfloat16 NaN. The
-    sign is ``v``'s, zeros included. Assumes no flush-to-zero
-    (float32 subnormal results)."""
+    sign is ``v``'s, zeros included. Assumes no flush-to-zero (float32 subnormal results)."""
     b = _f64_bits(v)
     a = b & np.int64(0x7FFFFFFFFFFFFFFF)
     # 2**e from |v|'s exponent bits (0 for zeros and subnormals, inf for inf and NaN), scaled in float64:
@@ -440,7 +439,7 @@ def _decode_bf16(bits):
 #: i.e. Sapphire Rapids or a later Xeon, whose cores do not slow their clock for 512-bit work the way the
 #: first AVX-512 Xeons did (LLVM prefers 256-bit vectors on every Intel AVX-512 CPU because of those). Read at
 #: compile time; figures in docs/backends.md.
-PREFER_512_BIT = _cpu_has("avx512fp16") and issubclass(llvm_ir.values.FunctionAttributes, set)
+PREFER_512_BIT = HARDWARE_F64_F16 and issubclass(llvm_ir.values.FunctionAttributes, set)
 
 
 def _prefer_512_bit(function: Any) -> None:
@@ -543,7 +542,7 @@ def _put_impl(row, i, v):
 
 
 # ------------------------------------------------------------ float16 / bfloat16 in float32, certified
-# bfloat16 rows with float32 tables, and float16 ones where the CPU has no AVX512-FP16 (see _is_narrow), are
+# float16 and bfloat16 rows with float32 tables, where the CPU has no AVX512-FP16 (see _is_narrow), are
 # rotated in float32 (8 lanes per AVX2 vector instead of float64's 4), and each result is *proved* equal
 # to the float64 kernel's (the once-rounded exact value):
 #
@@ -710,8 +709,8 @@ def _exact_pairs(xr, orow, c_row, s_row, doubt, half, in_step, in_gap, out_step,
             c, sn = np.float64(_load_in(c_row, j1)), np.float64(_load_in(s_row, j1))
             x1 = _get(xr, i1)
             x2 = _get(xr, i1 + in_gap)
-            _put(orow, o1, x1 * c - x2 * sn)
-            _put(orow, o1 + out_gap, x2 * c + x1 * sn)
+            _put(orow, o1, _pair_dot(x1, c, -x2, sn, False))  # unfused: the reference's roundings
+            _put(orow, o1 + out_gap, _pair_dot(x2, c, x1, sn, False))
 
 
 @_jit(inline="always")
