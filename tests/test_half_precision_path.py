@@ -196,6 +196,23 @@ def test_tiny_table_values_and_tiny_inputs(dtype):
 
 
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_a_float64_sin_with_a_float32_cos_is_not_rounded_to_float32(dtype):
+    """Tables of two dtypes (``apply_rotary`` keeps each as given): the float64 sin is used as it is, so a
+    result just above a 16-bit midpoint rounds up. The certified path would have rounded the sin onto the
+    midpoint first (it needs float32 table values), and then to even, down: such tables take the float64
+    path. Written out: x1 = 0 and x2 = 1, so the first half is ``-sin``."""
+    step = 2.0**-10 if dtype == F16 else 2.0**-7  # the spacing above 1
+    cos = np.full((5, 8), 0.5, np.float32)
+    sin = np.full((5, 8), 1 + step / 2 + 2.0**-40)  # not a float32: float32 has only the midpoint
+    assert np.float32(sin[0, 0]) == 1 + step / 2
+    for layout in ("half", "interleaved"):
+        x = np.zeros((3, 5, 8), dtype)
+        _pairs(x, layout)[1][...] = 1
+        y1, y2 = _pairs(apply_rotary(x[None], cos, sin, layout=layout, backend="numba")[0].astype(np.float64), layout)
+        assert (y1 == -(1 + step)).all() and (y2 == 0.5).all(), (layout, y1[0, 0], y2[0, 0])
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
 def test_random_rotations_every_layout_and_walk(dtype):
     """Model-like values with the library's own tables, head-major and token-major, in place and partial
     rotary: bit for bit the formula (and the numpy backend)."""
@@ -357,6 +374,13 @@ for dtype in (np.float16, ml_dtypes.bfloat16):
             for x, g in ((q, gq), (k, gk)):
                 w = apply_rotary(x, cos, sin, positions, layout=layout, seq_axis=seq_axis, backend="numpy")
                 assert np.array_equal(g.view(np.uint16), w.view(np.uint16)), (dtype, layout, "fused")
+# a float32 cos with a float64 sin takes the float64 path: the certified one needs float32 table values
+for dtype, step in ((np.float16, 2.0**-10), (ml_dtypes.bfloat16, 2.0**-7)):
+    x = np.zeros((1, 2, 3, 8), dtype)
+    x[..., 4:] = 1  # x1 = 0, x2 = 1: the first half is -sin, exactly
+    sin64 = np.full((3, 8), 1 + step / 2 + 2.0**-40)  # just above a midpoint, which float32 would round onto
+    got = apply_rotary(x, np.full((3, 8), 0.5, np.float32), sin64, offset=0, backend="numba")
+    assert (got[..., :4].astype(np.float64) == -(1 + step)).all(), (dtype, got[..., :4])
 print("certified path: all equal")
 """
 

@@ -151,20 +151,25 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         nan_payloads,
     ])
     want = np.array(ref(samples)).astype(np.uint16)
-    is_nan = np.isnan(samples)
-    encoders = [fast]
+    everything = np.ones(samples.shape, bool)
+    encoders = [(fast, everything)]
     if name == "float16":  # the F16C path (compiled where the CPU converts in hardware)
-        encoders.append(njit(lambda vs: [_numba._encode_f16_hw(v) for v in vs]))
+        encoders.append((njit(lambda vs: [_numba._encode_f16_hw(v) for v in vs]), everything))
         if _numba.HARDWARE_F64_F16:
-            encoders.append(njit(lambda vs: [_numba._f64_to_f16(v) for v in vs]))
-    for encode in encoders:
-        got = np.array(encode(samples)).astype(np.uint16)
-        np.testing.assert_array_equal(got[~is_nan], want[~is_nan])
+            encoders.append((njit(lambda vs: [_numba._f64_to_f16(v) for v in vs]), everything))
+    else:  # the kernels' encoder for rotations by float32 tables: finite values below 2**979, inf and NaN
+        within = ~np.isfinite(samples) | (np.abs(samples) < 2.0**979)
+        assert within.sum() > 20000 and (np.abs(samples[np.isfinite(samples)]) >= 2.0**978).any()
+        encoders.append((njit(lambda vs: [_numba._encode_bf16_bounded(v) for v in vs]), within))
+    for encode, taken in encoders:
+        got = np.array(encode(samples[taken])).astype(np.uint16)
+        is_nan = np.isnan(samples[taken])
+        np.testing.assert_array_equal(got[~is_nan], want[taken][~is_nan])
         nan_bits = got[is_nan]
         assert np.isnan(nan_bits.view(dt).astype(np.float64)).all()
         quiet_bit = 0x0200 if name == "float16" else 0x0040
         assert (nan_bits & quiet_bit).all(), [hex(b) for b in nan_bits]  # quiet NaNs
-        np.testing.assert_array_equal(nan_bits >> 15, np.signbit(samples[is_nan]))  # with the input's sign
+        np.testing.assert_array_equal(nan_bits >> 15, np.signbit(samples[taken][is_nan]))  # with the input's sign
 
 
 _REFERENCE_CODECS = {}
@@ -386,14 +391,16 @@ def test_fused_pair_dot_equals_the_unfused_one_where_products_are_exact(x_name):
     assert (np.array(fused(*wide)) != np.array(unfused(*wide))).sum() > 1000
 
 
-def test_products_are_fused_only_for_narrow_inputs_and_float32_cos_tables():
+def test_products_are_fused_only_for_narrow_inputs_and_float32_tables():
     """The fused form is chosen from the types, where the tile function is compiled: the input row's dtype
-    and the cos table's (``_zero_like_entry`` carries it there as a scalar of that dtype)."""
+    and the tables' (``_table_kind`` carries them there as a scalar, float32 only when cos and sin both are)."""
     from numba import njit
 
-    probe = njit(lambda row, cos: _numba._fused_products(row, _numba._zero_like_entry(cos)))
+    probe = njit(lambda row, cos, sin: _numba._fused_products(row, _numba._table_kind(cos, sin)))
     table32, table64 = np.zeros((1, 1), np.float32), np.zeros((1, 1))
     for row in (np.zeros(1, np.float32), np.zeros(1, np.uint16), np.zeros(1, np.int16)):
-        assert probe(row, table32) is _numba.HARDWARE_FMA
-        assert probe(row, table64) is False
-    assert probe(np.zeros(1), table32) is False
+        assert probe(row, table32, table32) is _numba.HARDWARE_FMA
+        assert probe(row, table64, table64) is False
+        assert probe(row, table32, table64) is False
+        assert probe(row, table64, table32) is False
+    assert probe(np.zeros(1), table32, table32) is False

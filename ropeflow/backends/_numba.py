@@ -390,6 +390,7 @@ def _encode_f16_hw(v):
 # float64 -> bfloat16 by one float64 addition at bfloat16's spacing (4-lane float64 operations, no branch).
 _F64_EXP_MASK = 2047 << 52
 _BF16_SPACING_SCALE = 2.0**45  # 2**45 times |v|'s power of two: adding it leaves bfloat16's 8 significant bits
+_BF16_SPACING_EXPONENT = 45 << 52  # the same scaling, added to the exponent field
 #: ulp(2**-81) = 2**-133, bfloat16's subnormal spacing: the smallest adder (see _encode_bf16)
 _BF16_SUB_MAGIC = 2.0**-81
 #: The largest adder: any |v| that would need more rounds to at least 2**155, inf in bfloat16 (see _encode_bf16)
@@ -412,12 +413,34 @@ def _encode_bf16(v):
     float32 conversion, keeping the payload's upper bits, and nothing here is one that LLVM folds away
     (fastmath off). float32's quiet bit lies in the upper half, so the result is a quiet bfloat16 NaN. The
     sign is ``v``'s, zeros included. Assumes no flush-to-zero (float32 subnormal results)."""
-    b = _f64_bits(v)
-    a = b & np.int64(0x7FFFFFFFFFFFFFFF)
+    a = _f64_bits(v) & np.int64(0x7FFFFFFFFFFFFFFF)
     # 2**e from |v|'s exponent bits (0 for zeros and subnormals, inf for inf and NaN), scaled in float64:
     # no integer overflow for any input
     m = min(max(_bits_f64(a & np.int64(_F64_EXP_MASK)) * _BF16_SPACING_SCALE, _BF16_SUB_MAGIC), _BF16_MAGIC_CAP)
-    r = (_bits_f64(a) + m) - m
+    return _bf16_rounded_at(v, m)
+
+
+@_jit(inline="always")
+def _encode_bf16_bounded(v):
+    """:func:`_encode_bf16` for ``v`` finite with ``|v| < 2**979``, or inf, or NaN (a float16 or bfloat16
+    input rotated by float32 tables gives ``|v| < 2**257``): the same bits, two vector instructions fewer.
+
+    ``m = 2**(e+45)`` is made by adding 45 to ``|v|``'s exponent field as an integer (one addition instead of
+    a multiplication and the cap's minimum). For finite ``|v| < 2**979`` the field stays below 2047, so ``m``
+    is that power of two (the cap was never reached below ``2**156``; above it both give ``r >= 2**156``,
+    inf in float32). For inf and NaN (field 2047) the sum wraps into the sign bit: ``m`` is a tiny negative
+    number, the floor makes it ``2**-81``, and ``r`` is inf or the NaN, as before."""
+    a = _f64_bits(v) & np.int64(0x7FFFFFFFFFFFFFFF)
+    m = max(_bits_f64((a & np.int64(_F64_EXP_MASK)) + np.int64(_BF16_SPACING_EXPONENT)), _BF16_SUB_MAGIC)
+    return _bf16_rounded_at(v, m)
+
+
+@_jit(inline="always")
+def _bf16_rounded_at(v, m):
+    """bfloat16 bits (as int16) of ``v`` rounded at the spacing of ``m`` (see :func:`_encode_bf16`): ``(|v| + m)
+    - m`` with ``v``'s sign, whose float32's upper half those bits are."""
+    b = _f64_bits(v)
+    r = (_bits_f64(b & np.int64(0x7FFFFFFFFFFFFFFF)) + m) - m
     r = _bits_f64(_f64_bits(r) | (b & np.int64(-0x8000000000000000)))
     return np.int16(_f32_bits(np.float32(r)) >> np.int32(16))
 
@@ -504,8 +527,10 @@ def _get(row, i):
     """``row[i]`` as float64; float16 rows arrive as uint16 views, bfloat16 rows as int16 views."""
 
 
-def _put(row, i, v):
-    """``row[i] = v`` rounded once from float64 to the row's dtype (uint16: float16, int16: bfloat16)."""
+def _put(row, i, v, table_kind):
+    """``row[i] = v`` rounded once from float64 to the row's dtype (uint16: float16, int16: bfloat16).
+    ``table_kind`` (see :func:`_table_kind`): float32 when ``v`` is a rotation of a float16/bfloat16 input by
+    float32 tables, whose bound lets bfloat16 take :func:`_encode_bf16_bounded`."""
 
 
 @overload(_get)
@@ -520,22 +545,23 @@ def _get_impl(row, i):
 
 
 @overload(_put)
-def _put_impl(row, i, v):
+def _put_impl(row, i, v, table_kind):
     if row.dtype == types.uint16:
         encode = _f64_to_f16 if HARDWARE_F64_F16 else (_encode_f16_hw if HARDWARE_F16 else _encode_f16)
 
-        def put_f16(row, i, v):
+        def put_f16(row, i, v, table_kind):
             _store_out(row, i, encode(v))
 
         return put_f16
     if row.dtype == types.int16:
+        encode_bf16 = _encode_bf16_bounded if table_kind == types.float32 else _encode_bf16
 
-        def put_bf16(row, i, v):
-            _store_out(row, i, _encode_bf16(v))
+        def put_bf16(row, i, v, table_kind):
+            _store_out(row, i, encode_bf16(v))
 
         return put_bf16
 
-    def put_float(row, i, v):
+    def put_float(row, i, v, table_kind):
         _store_out(row, i, v)
 
     return put_float
@@ -709,8 +735,9 @@ def _exact_pairs(xr, orow, c_row, s_row, doubt, half, in_step, in_gap, out_step,
             c, sn = np.float64(_load_in(c_row, j1)), np.float64(_load_in(s_row, j1))
             x1 = _get(xr, i1)
             x2 = _get(xr, i1 + in_gap)
-            _put(orow, o1, _pair_dot(x1, c, -x2, sn, False))  # unfused: the reference's roundings
-            _put(orow, o1 + out_gap, _pair_dot(x2, c, x1, sn, False))
+            # unfused: the reference's roundings; the certified path runs only with float32 tables
+            _put(orow, o1, _pair_dot(x1, c, -x2, sn, False), np.float32(0))
+            _put(orow, o1 + out_gap, _pair_dot(x2, c, x1, sn, False), np.float32(0))
 
 
 @_jit(inline="always")
@@ -769,7 +796,7 @@ def _copy_channels(src, dst, start, stop):
 # channels past ``rotary_dim`` copied when ``copy_rest``. float32 and float64 rows are rotated in float64
 # (float64 tile rows); float16 and bfloat16 rows with float32 tile rows in float32, certified (see
 # :func:`_rotate_narrow`; ``doubt`` and ``exact_only`` serve only those; on CPUs with AVX512-FP16 they take
-# the float64 rows too, see :func:`_is_narrow`). ``cos_kind``: see :func:`_zero_like_entry`. One function per
+# the float64 rows too, see :func:`_is_narrow`). ``table_kind``: see :func:`_table_kind`. One function per
 # layout, each a unit-stride loop that LLVM vectorizes (a runtime layout switch inside the row loop halves the
 # speed). The channel indices are unsigned: Numba then emits no negative-index wraparound, which for ``j +
 # half`` (LLVM cannot tell its sign) would otherwise keep the loop scalar.
@@ -785,9 +812,9 @@ def _pair_dot(a, c, b, s, fused):
 
 
 @_jit(inline="always")
-def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
+def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     """"half": channel j pairs with j + half."""
-    fused = _fused_products(xr, cos_kind)
+    fused = _fused_products(xr, table_kind)
     uhalf = np.uint64(half)
     for j in range(half):
         j1 = np.uint64(j)
@@ -795,32 +822,32 @@ def _rotate_half_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt
         c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _get(xr, j1)
         x2 = _get(xr, j2)
-        _put(orow, j1, _pair_dot(x1, c, -x2, sn, fused))
-        _put(orow, j2, _pair_dot(x2, c, x1, sn, fused))
+        _put(orow, j1, _pair_dot(x1, c, -x2, sn, fused), table_kind)
+        _put(orow, j2, _pair_dot(x2, c, x1, sn, fused), table_kind)
     if copy_rest:
         _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
 @_jit(inline="always")
-def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
+def _rotate_interleaved_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     """"interleaved": channels (2j, 2j + 1) pair and stay in place."""
-    fused = _fused_products(xr, cos_kind)
+    fused = _fused_products(xr, table_kind)
     for j in range(half):
         j1 = np.uint64(j)
         e = j1 + j1
         c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _get(xr, e)
         x2 = _get(xr, e + np.uint64(1))
-        _put(orow, e, _pair_dot(x1, c, -x2, sn, fused))
-        _put(orow, e + np.uint64(1), _pair_dot(x2, c, x1, sn, fused))
+        _put(orow, e, _pair_dot(x1, c, -x2, sn, fused), table_kind)
+        _put(orow, e + np.uint64(1), _pair_dot(x2, c, x1, sn, fused), table_kind)
     if copy_rest:
         _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
 @_jit(inline="always")
-def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
+def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     """"deepseek": channels (2j, 2j + 1) pair and land in (j, j + half)."""
-    fused = _fused_products(xr, cos_kind)
+    fused = _fused_products(xr, table_kind)
     uhalf = np.uint64(half)
     for j in range(half):
         j1 = np.uint64(j)
@@ -828,24 +855,24 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
         c, sn = _load_in(c_row, j1), _load_in(s_row, j1)
         x1 = _get(xr, e)
         x2 = _get(xr, e + np.uint64(1))
-        _put(orow, j1, _pair_dot(x1, c, -x2, sn, fused))
-        _put(orow, j1 + uhalf, _pair_dot(x2, c, x1, sn, fused))
+        _put(orow, j1, _pair_dot(x1, c, -x2, sn, fused), table_kind)
+        _put(orow, j1 + uhalf, _pair_dot(x2, c, x1, sn, fused), table_kind)
     if copy_rest:
         _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
 @_jit(inline="always")
-def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
+def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 1, half, 1, half)
 
 
 @_jit(inline="always")
-def _rotate_interleaved_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
+def _rotate_interleaved_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 2, 1)
 
 
 @_jit(inline="always")
-def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind):
+def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 2, 1, 1, half)
 
 
@@ -855,54 +882,58 @@ def _rotate_deepseek_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest,
 FORCE_CERTIFIED_HALF = os.environ.get("ROPEFLOW_NUMBA_CERTIFIED_HALF") == "1"
 
 
-def _is_narrow(x: Any, table: Any) -> bool:
-    """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with a float32 table, rotated in
-    float32 and certified. float16 takes the float64 path instead where the CPU rounds float64 to float16 in
-    hardware (:data:`HARDWARE_F64_F16`), and bfloat16 where the loops use 512-bit vectors
+def _is_narrow(x: Any, table_kind: Any) -> bool:
+    """Numba types: a float16/bfloat16 array (as a 16-bit integer view) with float32 cos and sin tables
+    (``table_kind`` float32, see :func:`_table_kind`), rotated in float32 and certified: the proof needs
+    every table value in float32. float16 takes the float64 path instead where the CPU rounds float64 to
+    float16 in hardware (:data:`HARDWARE_F64_F16`), and bfloat16 where the loops use 512-bit vectors
     (:data:`PREFER_512_BIT`, 8 float64 lanes): there the float64 path is faster (figures in
     docs/backends.md)."""
     float64_is_faster = (x.dtype == types.uint16 and HARDWARE_F64_F16) or (x.dtype == types.int16 and PREFER_512_BIT)
     if float64_is_faster and not FORCE_CERTIFIED_HALF:
         return False
-    return x.dtype in (types.uint16, types.int16) and table.dtype == types.float32
+    return x.dtype in (types.uint16, types.int16) and table_kind == types.float32
 
 
-def _fused_products(row, cos_kind):
-    """Whether ``row`` (an input row) rotated by a cos table of ``cos_kind``'s dtype may use :func:`_pair_dot`'s
-    fused form; a compile-time constant, decided from the types: where the CPU has FMA, the input is float32,
-    float16 or bfloat16 (at most 24 significant bits) and the cos table float32 (24 bits). Their products have
-    at most 48 significant bits, between 2**-298 and 2**256 when nonzero: exact in float64. A float64 input
-    or cos table is not (the sin table's dtype does not matter: its product is rounded either way)."""
+def _fused_products(row, table_kind):
+    """Whether ``row`` (an input row) rotated by tables of ``table_kind`` (see :func:`_table_kind`) may use
+    :func:`_pair_dot`'s fused form; a compile-time constant, decided from the types: where the CPU has FMA,
+    the input is float32, float16 or bfloat16 (at most 24 significant bits) and the cos table float32 (24
+    bits). Their products have at most 48 significant bits, between 2**-298 and 2**256 when nonzero: exact in
+    float64. A float64 input or cos table is not. (Only the cos table matters, the sin product being rounded
+    either way, but ``table_kind`` is float32 only when both are: a float32 cos with a float64 sin, which
+    nothing in the library builds, keeps the two roundings.)"""
 
 
 @overload(_fused_products, inline="always")
-def _fused_products_impl(row, cos_kind):
-    fused = HARDWARE_FMA and row.dtype in (types.float32, types.uint16, types.int16) and cos_kind == types.float32
-    return lambda row, cos_kind: fused
+def _fused_products_impl(row, table_kind):
+    fused = HARDWARE_FMA and row.dtype in (types.float32, types.uint16, types.int16) and table_kind == types.float32
+    return lambda row, table_kind: fused
 
 
-def _zero_like_entry(table):
-    """A zero of ``table``'s dtype: passed down to the tile function, its type tells the table's dtype there
-    (the tiles themselves are float64), at no cost per call."""
+def _table_kind(cos, sin):
+    """A zero that is float32 when both tables are float32, else float64: passed down to the tile function,
+    its type tells there what the tables can hold (the tiles themselves may be float64), at no cost per call.
+    The certified path, the fused products and the bounded bfloat16 encoder rest on it."""
 
 
-@overload(_zero_like_entry, inline="always")
-def _zero_like_entry_impl(table):
-    if table.dtype == types.float32:
-        return lambda table: np.float32(0)
-    return lambda table: np.float64(0)
+@overload(_table_kind, inline="always")
+def _table_kind_impl(cos, sin):
+    if cos.dtype == types.float32 and sin.dtype == types.float32:
+        return lambda cos, sin: np.float32(0)
+    return lambda cos, sin: np.float64(0)
 
 
-def _table_tile(x, cos, rows, cols):
+def _table_tile(x, table_kind, rows, cols):
     """An uninitialized ``(rows, cols)`` tile for widened cos/sin rows: float32 for float16/bfloat16 ``x``
-    with a float32 table (the certified float32 path), else float64."""
+    with float32 tables (the certified float32 path, see :func:`_is_narrow`), else float64."""
 
 
 @overload(_table_tile, inline="always")
-def _table_tile_impl(x, cos, rows, cols):
-    if _is_narrow(x, cos):
-        return lambda x, cos, rows, cols: np.empty((rows, cols), dtype=np.float32)
-    return lambda x, cos, rows, cols: np.empty((rows, cols), dtype=np.float64)
+def _table_tile_impl(x, table_kind, rows, cols):
+    if _is_narrow(x, table_kind):
+        return lambda x, table_kind, rows, cols: np.empty((rows, cols), dtype=np.float32)
+    return lambda x, table_kind, rows, cols: np.empty((rows, cols), dtype=np.float64)
 
 
 def _tiny_table_value(tile, v):
@@ -926,7 +957,7 @@ def _tile_walker(rotate_row: Any) -> Any:
 
     @njit(inline="always", **_OPTIONS)
     def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major, seq_inner,
-             doubt, exact_only, cos_kind):
+             doubt, exact_only, table_kind):
         # one loop nest and one call site of the (inlined) row function for the three walks: each inlined
         # copy costs seconds of compile time
         n_heads = out.shape[2] if token_major else out.shape[1]
@@ -945,7 +976,7 @@ def _tile_walker(rotate_row: Any) -> Any:
                     xr, orow = x[xb, xs0 + t, h], out[b, s0 + t, h]
                 else:
                     xr, orow = x[xb, h, xs0 + t], out[b, h, s0 + t]
-                rotate_row(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, cos_kind)
+                rotate_row(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind)
 
     return walk
 
@@ -956,16 +987,16 @@ def _layout_walker(walk_half: Any, walk_interleaved: Any, walk_deepseek: Any) ->
 
     @njit(inline="always", **_OPTIONS)
     def walk(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-             seq_inner, doubt, exact_only, cos_kind):
+             seq_inner, doubt, exact_only, table_kind):
         if layout == 0:
             walk_half(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                      seq_inner, doubt, exact_only, cos_kind)
+                      seq_inner, doubt, exact_only, table_kind)
         elif layout == 1:
             walk_interleaved(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest,
-                             token_major, seq_inner, doubt, exact_only, cos_kind)
+                             token_major, seq_inner, doubt, exact_only, table_kind)
         else:
             walk_deepseek(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, half, rotary_dim, copy_rest, token_major,
-                          seq_inner, doubt, exact_only, cos_kind)
+                          seq_inner, doubt, exact_only, table_kind)
 
     return walk
 
@@ -978,24 +1009,24 @@ _walk_narrow = _layout_walker(_tile_walker(_rotate_half_narrow), _tile_walker(_r
 
 @_jit(inline="always")
 def _rotate_tile_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only, cos_kind):
+                      token_major, seq_inner, doubt, exact_only, table_kind):
     """A tile's rows of one tensor on float64 tile rows: see :func:`_rotate_tile`. Inlined into the function
     that :func:`_rotate_tile` compiles per signature, which the kernel calls once per tile and tensor (the
     certified float16/bfloat16 twin stays a call of its own)."""
     _walk_wide(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-               seq_inner, doubt, exact_only, cos_kind)
+               seq_inner, doubt, exact_only, table_kind)
 
 
 @_jit()
 def _rotate_tile_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                        token_major, seq_inner, doubt, exact_only, cos_kind):
+                        token_major, seq_inner, doubt, exact_only, table_kind):
     """A tile's rows of one float16/bfloat16 tensor (float32 tile rows, certified): see :func:`_rotate_tile`."""
     _walk_narrow(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                 seq_inner, doubt, exact_only, cos_kind)
+                 seq_inner, doubt, exact_only, table_kind)
 
 
 def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-                 seq_inner, doubt, exact_only, cos_kind):
+                 seq_inner, doubt, exact_only, table_kind):
     """The tile's rows of one tensor (``x`` rows ``xb``, ``xs0 ..`` into ``out`` rows ``b``, ``s0 ..``):
     :func:`_rotate_tile_narrow` for float16/bfloat16 with float32 tile rows, else :func:`_rotate_tile_wide`
     (chosen when numba types the call; one compiled call per tile)."""
@@ -1003,13 +1034,13 @@ def _rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, ro
 
 @overload(_rotate_tile)
 def _rotate_tile_impl(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                      token_major, seq_inner, doubt, exact_only, cos_kind):
-    chosen = _rotate_tile_narrow if _is_narrow(x, c_tile) else _rotate_tile_wide
+                      token_major, seq_inner, doubt, exact_only, table_kind):
+    chosen = _rotate_tile_narrow if _is_narrow(x, table_kind) else _rotate_tile_wide
 
     def rotate_tile(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest,
-                    token_major, seq_inner, doubt, exact_only, cos_kind):
+                    token_major, seq_inner, doubt, exact_only, table_kind):
         chosen(x, xb, xs0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_rest, token_major,
-               seq_inner, doubt, exact_only, cos_kind)
+               seq_inner, doubt, exact_only, table_kind)
 
     return rotate_tile
 
@@ -1088,9 +1119,9 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     n_chunks = max(1, min(n_tiles, max_chunks))
     for chunk in prange(n_chunks):
         # constants, set inside the parallel loop: set outside, they would reach its body as arguments
-        cos_kind = _zero_like_entry(cos)  # the table's dtype, for _fused_products in the compiled tile function
-        c_tile = _table_tile(x, cos, tile, half)
-        s_tile = _table_tile(x, cos, tile, half)
+        table_kind = _table_kind(cos, sin)  # what the tables hold, for the compiled tile function
+        c_tile = _table_tile(x, table_kind, tile, half)
+        s_tile = _table_tile(x, table_kind, tile, half)
         doubt = np.empty(half, dtype=np.uint16)
         x_scratch = _scratch(x, tile, token_major, same_q)
         k_scratch = _scratch(k, tile, token_major, same_k and with_k)
@@ -1117,18 +1148,18 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             if same_q:
                 _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_dim, token_major)
                 _rotate_tile(x_scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                             keep_rest, token_major, seq_inner, doubt, exact_only, cos_kind)
+                             keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
             else:
                 _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
-                             token_major, seq_inner, doubt, exact_only, cos_kind)
+                             token_major, seq_inner, doubt, exact_only, table_kind)
             if with_k:
                 if same_k:
                     _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_dim, token_major)
                     _rotate_tile(k_scratch, zero, zero, k_out, b, s0, n_pos, c_tile, s_tile, layout, half,
-                                 rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, cos_kind)
+                                 rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
                 else:
                     _rotate_tile(k, b, s0, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k,
-                                 token_major, seq_inner, doubt, exact_only, cos_kind)
+                                 token_major, seq_inner, doubt, exact_only, table_kind)
     return 0
 
 
