@@ -242,6 +242,64 @@ def test_random_rotations_every_layout_and_walk(dtype):
             _same_bits(in_place, got)
 
 
+@pytest.mark.parametrize("words", [True, False], ids=["words", "16-bit"])
+def test_bfloat16_rows_as_words_and_as_16_bit_values(words, monkeypatch):
+    """bfloat16 rows travel as uint32 words of two channels where every row is unit-stride and even
+    (``BF16_WORDS``; forced on and off here, on any CPU): both ways give the formula's bits, in every layout,
+    head-major and token-major, inverse, in place, partial rotary (a ``rotary_dim`` that is not a multiple of
+    4 keeps "half" and "deepseek" 16-bit), odd head strides, rows starting at an odd channel (unaligned words:
+    16-bit), q and k fused, serial and parallel sizes."""
+    monkeypatch.setattr(_numba, "BF16_WORDS", words)
+    taken: list[bool] = []
+    word_views = _numba._word_views
+
+    def counted(*arrays):
+        views = word_views(*arrays)
+        taken.append(views is not None)
+        return views
+
+    monkeypatch.setattr(_numba, "_word_views", counted)
+    rng = np.random.default_rng(23)
+    base = 10.0 ** rng.integers(-3, 3, (2, 6, 80, 132))
+    big = (rng.standard_normal(base.shape) * base).astype(BF16)
+    angles = np.arange(2048)[:, None] * 10.0 ** -np.linspace(0, 4, 32)[None]
+    c, s = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    cos, sin = np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+    views = {"contiguous": np.ascontiguousarray(big[..., :64]), "odd head stride": big[:, ::3, :, 4:68],
+             "odd start": big[..., 1:65], "decode": np.ascontiguousarray(big[:, :, :1, :64])}
+    for x in views.values():
+        positions = rng.integers(0, 2048 - x.shape[2], (2, 1)) + np.arange(x.shape[2])
+        for layout in LAYOUTS:
+            for rotary_dim in (64, 62, 40):
+                tables = cos[:, :rotary_dim], sin[:, :rotary_dim]
+                kwargs = dict(layout=layout, rotary_dim=rotary_dim)
+                want = apply_rotary(x, *tables, positions, backend="numpy", **kwargs)
+                if rotary_dim == 64:  # the formula written out
+                    for b in range(2):
+                        _same_bits(want[b], _reference(x[b], cos[positions[b]], sin[positions[b]], layout))
+                _same_bits(apply_rotary(x, *tables, positions, backend="numba", **kwargs), want)
+                inverse = apply_rotary(x, *tables, positions, backend="numba", inverse=True, **kwargs)
+                _same_bits(inverse, apply_rotary(x, *tables, positions, backend="numpy", inverse=True, **kwargs))
+                token_major = np.ascontiguousarray(x.transpose(0, 2, 1, 3))
+                got_t = apply_rotary(token_major, *tables, positions, seq_axis=-3, backend="numba", **kwargs)
+                _same_bits(got_t.transpose(0, 2, 1, 3), want)
+                if layout != "deepseek":
+                    in_place = x.copy()
+                    apply_rotary(in_place, *tables, positions, out=in_place, backend="numba", **kwargs)
+                    _same_bits(in_place, want)
+    from ropeflow import RotaryEmbedding
+
+    rope = RotaryEmbedding(64, base=10000.0, max_position_embeddings=2048, backend="numba")
+    rope_cos, rope_sin = rope.cos_sin(2048, "float32")
+    q, k = views["contiguous"], np.ascontiguousarray(big[:, :2, :, 64:128])
+    for layout in LAYOUTS:
+        got_q, got_k = rope.apply(q, k, offset=np.array([3, 900]), layout=layout)
+        positions = np.array([[3], [900]]) + np.arange(q.shape[2])
+        for x, got in ((q, got_q), (k, got_k)):
+            _same_bits(got, apply_rotary(x, rope_cos, rope_sin, positions, layout=layout, backend="numpy"))
+    assert any(taken) is words and (not words or not all(taken))  # words where they fit, 16-bit elsewhere
+
+
 @pytest.mark.parametrize("fused", [True, False], ids=["fma", "unfused"])
 def test_dot2_error_bound(fused):
     """Both float32 dot products behind the path keep ``|x1*c + x2*s - r| <= 2**-24 * t`` (exact rationals),

@@ -161,6 +161,18 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         within = ~np.isfinite(samples) | (np.abs(samples) < 2.0**979)
         assert within.sum() > 20000 and (np.abs(samples[np.isfinite(samples)]) >= 2.0**978).any()
         encoders.append((njit(lambda vs: [_numba._encode_bf16_bounded(v) for v in vs]), within))
+        # two results packed into one uint32 word (bfloat16 rows read as words): each half, each adder
+        low = njit(lambda vs, kind: [_numba._bf16_word(v, 1.0, kind) & 0xFFFF for v in vs])
+        high = njit(lambda vs, kind: [_numba._bf16_word(1.0, v, kind) >> 16 for v in vs])
+        for kind, taken in ((np.float64(0), everything), (np.float32(0), within)):
+            for half in (low, high):
+                encoders.append(((lambda vs, half=half, kind=kind: half(vs, kind)), taken))
+        words = np.arange(65536, dtype=np.uint32)
+        decoded = np.array(decode_ref(bits))
+        word_low = njit(lambda ws: [_numba._word_low(w | 0x56780000) for w in ws])  # the high half ignored
+        word_high = njit(lambda ws: [_numba._word_high(w << 16 | 0x1234) for w in ws])  # the low half ignored
+        np.testing.assert_array_equal(np.array(word_low(words)), decoded)
+        np.testing.assert_array_equal(np.array(word_high(words)), decoded)
     for encode, taken in encoders:
         got = np.array(encode(samples[taken])).astype(np.uint16)
         is_nan = np.isnan(samples[taken])

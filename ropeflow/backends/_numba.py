@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -413,11 +414,16 @@ def _encode_bf16(v):
     float32 conversion, keeping the payload's upper bits, and nothing here is one that LLVM folds away
     (fastmath off). float32's quiet bit lies in the upper half, so the result is a quiet bfloat16 NaN. The
     sign is ``v``'s, zeros included. Assumes no flush-to-zero (float32 subnormal results)."""
+    return np.int16(_bf16_rounded_at(v, _bf16_adder(v)) >> np.int32(16))
+
+
+@_jit(inline="always")
+def _bf16_adder(v):
+    """:func:`_encode_bf16`'s ``m`` for any ``v``."""
     a = _f64_bits(v) & np.int64(0x7FFFFFFFFFFFFFFF)
     # 2**e from |v|'s exponent bits (0 for zeros and subnormals, inf for inf and NaN), scaled in float64:
     # no integer overflow for any input
-    m = min(max(_bits_f64(a & np.int64(_F64_EXP_MASK)) * _BF16_SPACING_SCALE, _BF16_SUB_MAGIC), _BF16_MAGIC_CAP)
-    return _bf16_rounded_at(v, m)
+    return min(max(_bits_f64(a & np.int64(_F64_EXP_MASK)) * _BF16_SPACING_SCALE, _BF16_SUB_MAGIC), _BF16_MAGIC_CAP)
 
 
 @_jit(inline="always")
@@ -430,19 +436,54 @@ def _encode_bf16_bounded(v):
     is that power of two (the cap was never reached below ``2**156``; above it both give ``r >= 2**156``,
     inf in float32). For inf and NaN (field 2047) the sum wraps into the sign bit: ``m`` is a tiny negative
     number, the floor makes it ``2**-81``, and ``r`` is inf or the NaN, as before."""
+    return np.int16(_bf16_rounded_at(v, _bf16_adder_bounded(v)) >> np.int32(16))
+
+
+@_jit(inline="always")
+def _bf16_adder_bounded(v):
+    """:func:`_encode_bf16_bounded`'s ``m``."""
     a = _f64_bits(v) & np.int64(0x7FFFFFFFFFFFFFFF)
-    m = max(_bits_f64((a & np.int64(_F64_EXP_MASK)) + np.int64(_BF16_SPACING_EXPONENT)), _BF16_SUB_MAGIC)
-    return _bf16_rounded_at(v, m)
+    return max(_bits_f64((a & np.int64(_F64_EXP_MASK)) + np.int64(_BF16_SPACING_EXPONENT)), _BF16_SUB_MAGIC)
 
 
 @_jit(inline="always")
 def _bf16_rounded_at(v, m):
-    """bfloat16 bits (as int16) of ``v`` rounded at the spacing of ``m`` (see :func:`_encode_bf16`): ``(|v| + m)
-    - m`` with ``v``'s sign, whose float32's upper half those bits are."""
+    """The float32 bits (int32) of ``v`` rounded at the spacing of ``m`` (see :func:`_encode_bf16`): ``(|v| +
+    m) - m`` with ``v``'s sign; their upper half is the bfloat16, their lower half zero (NaN: any payload)."""
     b = _f64_bits(v)
     r = (_bits_f64(b & np.int64(0x7FFFFFFFFFFFFFFF)) + m) - m
     r = _bits_f64(_f64_bits(r) | (b & np.int64(-0x8000000000000000)))
-    return np.int16(_f32_bits(np.float32(r)) >> np.int32(16))
+    return _f32_bits(np.float32(r))
+
+
+def _bf16_word(low, high, table_kind):
+    """Two float64 values rounded once to bfloat16 and packed into one uint32 word, ``low`` in its lower half
+    (the lower address on a little-endian CPU): a pair of adjacent channels of a bfloat16 row. ``table_kind``
+    (see :func:`_table_kind`) float32 takes the bounded encoder's adder."""
+
+
+@overload(_bf16_word, inline="always")
+def _bf16_word_impl(low, high, table_kind):
+    adder = _bf16_adder_bounded if table_kind == types.float32 else _bf16_adder
+
+    def word(low, high, table_kind):
+        lo_bits = np.uint32(_bf16_rounded_at(low, adder(low)))
+        hi_bits = np.uint32(_bf16_rounded_at(high, adder(high)))
+        return np.uint32((lo_bits >> np.uint32(16)) | (hi_bits & np.uint32(0xFFFF0000)))
+
+    return word
+
+
+@_jit(inline="always")
+def _word_low(word):
+    """The bfloat16 in a uint32 word's lower half (the channel at the lower address), as float64."""
+    return np.float64(_bits_f32(np.int32(np.uint32(word) << np.uint32(16))))
+
+
+@_jit(inline="always")
+def _word_high(word):
+    """The bfloat16 in a uint32 word's upper half, as float64."""
+    return np.float64(_bits_f32(np.int32(np.uint32(word) & np.uint32(0xFFFF0000))))
 
 
 @_jit(inline="always")
@@ -861,6 +902,86 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
         _copy_channels(xr, orow, rotary_dim, xr.shape[0])
 
 
+# bfloat16 rows as uint32 words, two adjacent channels each (little-endian: the even channel in the lower
+# half), where the kernel is handed such views (see _Walk): one 32-bit load gives two inputs by a shift and a
+# mask, and one store takes two outputs, instead of a widening load and a narrowing store per 8 channels. The
+# arithmetic and the rounding are the element rows', value for value. For "half" and "deepseek" the tile rows
+# hold the even pairs' angles first, then the odd pairs' (see _widen_table_row), so that each loop reads
+# them at unit stride.
+@_jit(inline="always")
+def _rotate_half_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+    """"half" (``half`` even): word i (pairs 2i, 2i + 1) pairs with word i + half/2."""
+    fused = _fused_products(xr, table_kind)
+    quarter = np.uint64(half >> 1)
+    for i in range(half >> 1):
+        w1 = np.uint64(i)
+        w2 = w1 + quarter
+        c_even, c_odd = _load_in(c_row, w1), _load_in(c_row, w2)
+        s_even, s_odd = _load_in(s_row, w1), _load_in(s_row, w2)
+        a, b = _load_in(xr, w1), _load_in(xr, w2)
+        a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
+        _store_out(orow, w1, _bf16_word(_pair_dot(a0, c_even, -b0, s_even, fused),
+                                        _pair_dot(a1, c_odd, -b1, s_odd, fused), table_kind))
+        _store_out(orow, w2, _bf16_word(_pair_dot(b0, c_even, a0, s_even, fused),
+                                        _pair_dot(b1, c_odd, a1, s_odd, fused), table_kind))
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+
+@_jit(inline="always")
+def _rotate_interleaved_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only,
+                              table_kind):
+    """"interleaved": word j is pair j, and stays in place."""
+    fused = _fused_products(xr, table_kind)
+    for j in range(half):
+        w = np.uint64(j)
+        c, sn = _load_in(c_row, w), _load_in(s_row, w)
+        a = _load_in(xr, w)
+        x1, x2 = _word_low(a), _word_high(a)
+        _store_out(orow, w, _bf16_word(_pair_dot(x1, c, -x2, sn, fused), _pair_dot(x2, c, x1, sn, fused),
+                                       table_kind))
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+
+@_jit(inline="always")
+def _rotate_deepseek_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+    """"deepseek" (``half`` even): words 2i and 2i + 1 (pairs 2i, 2i + 1) land in output words i (their first
+    channels) and i + half/2 (their second ones)."""
+    fused = _fused_products(xr, table_kind)
+    quarter = np.uint64(half >> 1)
+    for i in range(half >> 1):
+        w = np.uint64(i)
+        c_even, c_odd = _load_in(c_row, w), _load_in(c_row, w + quarter)
+        s_even, s_odd = _load_in(s_row, w), _load_in(s_row, w + quarter)
+        a, b = _load_in(xr, w + w), _load_in(xr, w + w + np.uint64(1))
+        a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
+        _store_out(orow, w, _bf16_word(_pair_dot(a0, c_even, -a1, s_even, fused),
+                                       _pair_dot(b0, c_odd, -b1, s_odd, fused), table_kind))
+        _store_out(orow, w + quarter, _bf16_word(_pair_dot(a1, c_even, a0, s_even, fused),
+                                                 _pair_dot(b1, c_odd, b0, s_odd, fused), table_kind))
+    if copy_rest:
+        _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+
+def _by_row_dtype(on_words: Any, on_elements: Any) -> Any:
+    """A row function (inlined): ``on_words`` for uint32 rows (bfloat16 pairs), ``on_elements`` otherwise."""
+
+    def rotate_row(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+        pass  # replaced by the overload below
+
+    @overload(rotate_row, inline="always")
+    def rotate_row_impl(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+        chosen = on_words if xr.dtype == types.uint32 else on_elements
+
+        def call(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+            chosen(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind)
+
+        return call
+
+    return rotate_row
+
+
 @_jit(inline="always")
 def _rotate_half_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
     _rotate_narrow(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, 1, half, 1, half)
@@ -898,16 +1019,17 @@ def _is_narrow(x: Any, table_kind: Any) -> bool:
 def _fused_products(row, table_kind):
     """Whether ``row`` (an input row) rotated by tables of ``table_kind`` (see :func:`_table_kind`) may use
     :func:`_pair_dot`'s fused form; a compile-time constant, decided from the types: where the CPU has FMA,
-    the input is float32, float16 or bfloat16 (at most 24 significant bits) and the cos table float32 (24
-    bits). Their products have at most 48 significant bits, between 2**-298 and 2**256 when nonzero: exact in
-    float64. A float64 input or cos table is not. (Only the cos table matters, the sin product being rounded
-    either way, but ``table_kind`` is float32 only when both are: a float32 cos with a float64 sin, which
-    nothing in the library builds, keeps the two roundings.)"""
+    the input is float32, float16 or bfloat16 (16-bit values, or uint32 words of two; at most 24 significant
+    bits) and the cos table float32 (24 bits). Their products have at most 48 significant bits, between
+    2**-298 and 2**256 when nonzero: exact in float64. A float64 input or cos table is not. (Only the cos
+    table matters, the sin product being rounded either way, but ``table_kind`` is float32 only when both
+    are: a float32 cos with a float64 sin, which nothing in the library builds, keeps the two roundings.)"""
 
 
 @overload(_fused_products, inline="always")
 def _fused_products_impl(row, table_kind):
-    fused = HARDWARE_FMA and row.dtype in (types.float32, types.uint16, types.int16) and table_kind == types.float32
+    fused = HARDWARE_FMA and row.dtype in (types.float32, types.uint16, types.int16, types.uint32) \
+        and table_kind == types.float32
     return lambda row, table_kind: fused
 
 
@@ -922,6 +1044,16 @@ def _table_kind_impl(cos, sin):
     if cos.dtype == types.float32 and sin.dtype == types.float32:
         return lambda cos, sin: np.float32(0)
     return lambda cos, sin: np.float64(0)
+
+
+def _is_words(x):
+    """Whether ``x`` (an array) holds bfloat16 pairs as uint32 words: a compile-time constant."""
+
+
+@overload(_is_words, inline="always")
+def _is_words_impl(x):
+    words = x.dtype == types.uint32
+    return lambda x: words
 
 
 def _table_tile(x, table_kind, rows, cols):
@@ -1001,8 +1133,9 @@ def _layout_walker(walk_half: Any, walk_interleaved: Any, walk_deepseek: Any) ->
     return walk
 
 
-_walk_wide = _layout_walker(_tile_walker(_rotate_half_wide), _tile_walker(_rotate_interleaved_wide),
-                            _tile_walker(_rotate_deepseek_wide))
+_walk_wide = _layout_walker(_tile_walker(_by_row_dtype(_rotate_half_words, _rotate_half_wide)),
+                            _tile_walker(_by_row_dtype(_rotate_interleaved_words, _rotate_interleaved_wide)),
+                            _tile_walker(_by_row_dtype(_rotate_deepseek_words, _rotate_deepseek_wide)))
 _walk_narrow = _layout_walker(_tile_walker(_rotate_half_narrow), _tile_walker(_rotate_interleaved_narrow),
                               _tile_walker(_rotate_deepseek_narrow))
 
@@ -1057,19 +1190,20 @@ def _scratch(x, tile, token_major, needed):
 
 
 @_jit(inline="always")
-def _copy_to_scratch(x, scratch, b, s0, n_pos, rotary_dim, token_major):
-    """Copy one tile's rows of ``x`` (batch row ``b``, sequence indices ``s0 ..``, channels below
-    ``rotary_dim``) to ``scratch``, for an in-place rotation: the tile is then rotated from ``scratch`` into
+def _copy_to_scratch(x, scratch, b, s0, n_pos, rotary_units, token_major):
+    """Copy one tile's rows of ``x`` (batch row ``b``, sequence indices ``s0 ..``, the first ``rotary_units``
+    entries of each: the channels below rotary_dim, or half as many uint32 words) to ``scratch``, for an
+    in-place rotation: the tile is then rotated from ``scratch`` into
     ``x``. LLVM vectorizes a row loop only behind a runtime check that its input and output do not overlap, so
     rows rotated onto themselves would run scalar."""
     if token_major:
         for t in range(n_pos):
             for h in range(x.shape[2]):
-                _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_dim)
+                _copy_channels(x[b, s0 + t, h], scratch[0, t, h], 0, rotary_units)
     else:
         for h in range(x.shape[1]):
             for t in range(n_pos):
-                _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_dim)
+                _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_units)
 
 
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
@@ -1114,6 +1248,12 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     token_major, with_k, seq_inner = (flags & _TOKEN_MAJOR) != 0, (flags & _WITH_K) != 0, (flags & _SEQ_INNER) != 0
     same_q, same_k = (flags & _SAME_Q) != 0, (flags & _SAME_K) != 0
     half = rotary_dim // 2
+    # bfloat16 pairs (uint32 words; "half" and "deepseek" only with half even, see _Walk): the row loops read
+    # the even pairs' angles, then the odd ones', and copy rotary_dim / 2 words
+    words = _is_words(x)
+    paired_angles = words and layout != 1
+    quarter = half >> 1
+    rotary_units = rotary_dim >> 1 if words else rotary_dim
     tiles_per_row = (n_seq + tile - 1) // tile
     n_tiles = n_batch * tiles_per_row
     n_chunks = max(1, min(n_tiles, max_chunks))
@@ -1134,6 +1274,11 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             first = positions[row] + s0 if starts else row * n_seq + s0  # a position, or an index into ids
             for t in range(n_pos):
                 p = first + t if starts else positions[first + t]
+                if paired_angles:  # even pairs' angles first, then the odd pairs' (float64 tiles)
+                    for j in range(quarter):
+                        c_tile[t, j], c_tile[t, quarter + j] = cos[p, 2 * j], cos[p, 2 * j + 1]
+                        s_tile[t, j], s_tile[t, quarter + j] = sign * sin[p, 2 * j], sign * sin[p, 2 * j + 1]
+                    continue
                 for j in range(half):
                     cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
                     c_tile[t, j] = cv
@@ -1146,7 +1291,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             zero = b - b
             keep_rest = zero != zero  # in place, the channels past rotary_dim are already there
             if same_q:
-                _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_dim, token_major)
+                _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_units, token_major)
                 _rotate_tile(x_scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
                              keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
             else:
@@ -1154,7 +1299,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
                              token_major, seq_inner, doubt, exact_only, table_kind)
             if with_k:
                 if same_k:
-                    _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_dim, token_major)
+                    _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_units, token_major)
                     _rotate_tile(k_scratch, zero, zero, k_out, b, s0, n_pos, c_tile, s_tile, layout, half,
                                  rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
                 else:
@@ -1173,6 +1318,12 @@ try:
     _RAW_VIEWS[np.dtype(ml_dtypes.bfloat16).char] = np.int16
 except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
     pass
+#: bfloat16 rows travel as uint32 words of two channels (see _rotate_half_words) where they take the float64
+#: path with 512-bit vectors (see _is_narrow) on a little-endian CPU: 4-7% faster there (docs/backends.md);
+#: where they take the certified float32 path, that stays faster. Set ROPEFLOW_NUMBA_BF16_WORDS=0 to keep
+#: them 16-bit (read at import).
+BF16_WORDS = PREFER_512_BIT and not FORCE_CERTIFIED_HALF and sys.byteorder == "little" \
+    and os.environ.get("ROPEFLOW_NUMBA_BF16_WORDS") != "0"
 #: Parallel rotations are cut into this many chunks of tiles (a few per thread, for balance).
 _CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
 #: Rotations of fewer elements (q and k together) than this run serially on the calling thread: a decode step
@@ -1297,10 +1448,13 @@ class _Walk:
     travel as 16-bit integer views; work below :data:`SERIAL_ELEMENTS` runs serially, the rest in tiles of
     at least :data:`RUN_BYTES` per head-major run. :class:`PreparedApply` keeps one per shape."""
 
-    __slots__ = ("view", "transpose", "walk_flags", "tile", "chunks", "serial", "kernel")
+    __slots__ = ("view", "words", "transpose", "walk_flags", "tile", "chunks", "serial", "kernel")
 
     def __init__(self, x: np.ndarray, k: np.ndarray | None, token_major: bool) -> None:
         self.view = _RAW_VIEWS.get(x.dtype.char)
+        # bfloat16 rows as uint32 words where every row is unit-stride with an even length (the outputs and
+        # the layout are checked per call, in run)
+        self.words = BF16_WORDS and self.view is np.int16 and _word_rows(x) and (k is None or _word_rows(k))
         head_axis, seq_axis = (2, 1) if token_major else (1, 2)
         n_seq = x.shape[seq_axis]
         self.transpose = n_seq > 1 and x.shape[head_axis] > 1 \
@@ -1327,11 +1481,26 @@ class _Walk:
             k, k_out = x, out
         view = self.view
         if view is not None:
-            x, out, k, k_out = x.view(view), out.view(view), k.view(view), k_out.view(view)
+            words = None
+            if self.words and ((flags & 3) == 1 or rotary_dim % 4 == 0) and _word_rows(out) and _word_rows(k_out):
+                words = _word_views(x, out, k, k_out)
+            x, out, k, k_out = words or (x.view(view), out.view(view), k.view(view), k_out.view(view))
         if self.transpose:
             x, out, k, k_out = (a.transpose(0, 2, 1, 3) for a in (x, out, k, k_out))
         return self.kernel(x, out, k, k_out, cos, sin, positions, flags | self.walk_flags, rotary_dim, self.tile,
                            self.chunks)
+
+
+def _word_rows(a: np.ndarray) -> bool:
+    """Whether a 4-D 16-bit array's rows can be read as uint32 words: unit-stride, of even length."""
+    return a.strides[3] == 2 and a.shape[3] % 2 == 0
+
+
+def _word_views(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
+    """uint32 views of bfloat16 arrays with :func:`_word_rows`, or None where one would be unaligned (a view
+    starting at an odd channel or with odd strides: Numba would compile a kernel for unaligned arrays)."""
+    views = tuple(a.view(np.uint32) for a in arrays)
+    return views if all(v.flags.aligned for v in views) else None
 
 
 class PreparedApply:
