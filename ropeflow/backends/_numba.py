@@ -429,10 +429,10 @@ def _bf16_adder(v):
 @_jit(inline="always")
 def _encode_bf16_bounded(v):
     """:func:`_encode_bf16` for ``v`` finite with ``|v| < 2**979``, or inf, or NaN (a float16 or bfloat16
-    input rotated by float32 tables gives ``|v| < 2**257``): the same bits, two vector instructions fewer.
+    input rotated by float32 tables gives ``|v| < 2**257``): the same bits, one vector instruction fewer.
 
-    ``m = 2**(e+45)`` is made by adding 45 to ``|v|``'s exponent field as an integer (one addition instead of
-    a multiplication and the cap's minimum). For finite ``|v| < 2**979`` the field stays below 2047, so ``m``
+    ``m = 2**(e+45)`` is made by adding 45 to ``|v|``'s exponent field as an integer (an addition instead of
+    a multiplication, and no minimum for the cap). For finite ``|v| < 2**979`` the field stays below 2047, so ``m``
     is that power of two (the cap was never reached below ``2**156``; above it both give ``r >= 2**156``,
     inf in float32). For inf and NaN (field 2047) the sum wraps into the sign bit: ``m`` is a tiny negative
     number, the floor makes it ``2**-81``, and ``r`` is inf or the NaN, as before."""
@@ -906,7 +906,7 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
 # half), where the kernel is handed such views (see _Walk): one 32-bit load gives two inputs by a shift and a
 # mask, and one store takes two outputs, instead of a widening load and a narrowing store per 8 channels. The
 # arithmetic and the rounding are the element rows', value for value. For "half" and "deepseek" the tile rows
-# hold the even pairs' angles first, then the odd pairs' (see _widen_table_row), so that each loop reads
+# hold the even pairs' angles first, then the odd pairs' (widened so in _apply_tiles), so that each loop reads
 # them at unit stride.
 @_jit(inline="always")
 def _rotate_half_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
