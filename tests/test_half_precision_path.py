@@ -291,7 +291,7 @@ def test_bfloat16_rows_as_words_and_as_16_bit_values(words, monkeypatch):
 
     rope = RotaryEmbedding(64, base=10000.0, max_position_embeddings=2048, backend="numba")
     rope_cos, rope_sin = rope.cos_sin(2048, "float32")
-    q, k = views["contiguous"], np.ascontiguousarray(big[:, :2, :, 64:128])
+    q, k = views["contiguous"], np.ascontiguousarray(big[:, :2, :, 64:128])  # together: the parallel kernel
     for layout in LAYOUTS:
         got_q, got_k = rope.apply(q, k, offset=np.array([3, 900]), layout=layout)
         positions = np.array([[3], [900]]) + np.arange(q.shape[2])
