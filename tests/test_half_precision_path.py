@@ -200,7 +200,9 @@ def test_a_float64_sin_with_a_float32_cos_is_not_rounded_to_float32(dtype):
     """Tables of two dtypes (``apply_rotary`` keeps each as given): the float64 sin is used as it is, so a
     result just above a 16-bit midpoint rounds up. The certified path would have rounded the sin onto the
     midpoint first (it needs float32 table values), and then to even, down: such tables take the float64
-    path. Written out: x1 = 0 and x2 = 1, so the first half is ``-sin``."""
+    path. Written out: x1 = 0 and x2 = 1, so the first half is ``-sin``. (On CPUs with AVX512-FP16 both
+    dtypes take the float64 path anyway: there the certified path gets this case in
+    :func:`test_the_certified_path_end_to_end_where_the_cpu_skips_it`.)"""
     step = 2.0**-10 if dtype == F16 else 2.0**-7  # the spacing above 1
     cos = np.full((5, 8), 0.5, np.float32)
     sin = np.full((5, 8), 1 + step / 2 + 2.0**-40)  # not a float32: float32 has only the midpoint
@@ -248,14 +250,16 @@ def test_bfloat16_rows_as_words_and_as_16_bit_values(words, monkeypatch):
     (``BF16_WORDS``; forced on and off here, on any CPU): both ways give the formula's bits, in every layout,
     head-major and token-major, inverse, in place, partial rotary (a ``rotary_dim`` that is not a multiple of
     4 keeps "half" and "deepseek" 16-bit), odd head strides, rows starting at an odd channel (unaligned words:
-    16-bit), q and k fused, serial and parallel sizes."""
+    16-bit), q and k fused. Words serve parallel work only: every call here is made parallel."""
     monkeypatch.setattr(_numba, "BF16_WORDS", words)
-    taken: list[bool] = []
+    monkeypatch.setattr(_numba, "SERIAL_ELEMENTS", 0)
+    taken: list[tuple[str, bool]] = []
     word_views = _numba._word_views
+    layout = "half"
 
     def counted(*arrays):
         views = word_views(*arrays)
-        taken.append(views is not None)
+        taken.append((layout, views is not None))
         return views
 
     monkeypatch.setattr(_numba, "_word_views", counted)
@@ -297,7 +301,9 @@ def test_bfloat16_rows_as_words_and_as_16_bit_values(words, monkeypatch):
         positions = np.array([[3], [900]]) + np.arange(q.shape[2])
         for x, got in ((q, got_q), (k, got_k)):
             _same_bits(got, apply_rotary(x, rope_cos, rope_sin, positions, layout=layout, backend="numpy"))
-    assert any(taken) is words and (not words or not all(taken))  # words where they fit, 16-bit elsewhere
+    for layout in LAYOUTS:  # words where they fit, 16-bit elsewhere
+        assert any(w for name, w in taken if name == layout) is words, layout
+    assert not words or not all(w for _, w in taken)
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fma", "unfused"])

@@ -26,8 +26,9 @@ def _expected_x_type(case: W.WarmupCase):
 
     from ropeflow.backends import _numba
 
-    # bfloat16 rows travel as uint32 words of two channels where the CPU takes them so (unit-stride rows)
-    bfloat16 = types.uint32 if _numba.BF16_WORDS else types.int16
+    # bfloat16 rows travel as uint32 words of two channels where the CPU takes them so (unit-stride rows,
+    # parallel work)
+    bfloat16 = types.uint32 if _numba.BF16_WORDS and case.size == "prefill" else types.int16
     raw = {"float16": types.uint16, "bfloat16": bfloat16, "float32": types.float32, "float64": types.float64}
     layout = "A" if case.variant == "strided" else "C"
     return types.Array(raw[case.dtype], 4, layout, readonly=case.variant == "read-only")

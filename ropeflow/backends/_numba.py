@@ -434,16 +434,18 @@ def _encode_bf16_bounded(v):
     ``m = 2**(e+45)`` is made by adding 45 to ``|v|``'s exponent field as an integer (an addition instead of
     a multiplication, and no minimum for the cap). For finite ``|v| < 2**979`` the field stays below 2047, so ``m``
     is that power of two (the cap was never reached below ``2**156``; above it both give ``r >= 2**156``,
-    inf in float32). For inf and NaN (field 2047) the sum wraps into the sign bit: ``m`` is a tiny negative
-    number, the floor makes it ``2**-81``, and ``r`` is inf or the NaN, as before."""
+    inf in float32). For inf and NaN (field 2047) the sum (an unsigned addition, so no overflow) reaches the
+    sign bit: ``m`` is a tiny negative number, the floor makes it ``2**-81``, and ``r`` is inf or the NaN, as
+    before."""
     return np.int16(_bf16_rounded_at(v, _bf16_adder_bounded(v)) >> np.int32(16))
 
 
 @_jit(inline="always")
 def _bf16_adder_bounded(v):
     """:func:`_encode_bf16_bounded`'s ``m``."""
-    a = _f64_bits(v) & np.int64(0x7FFFFFFFFFFFFFFF)
-    return max(_bits_f64((a & np.int64(_F64_EXP_MASK)) + np.int64(_BF16_SPACING_EXPONENT)), _BF16_SUB_MAGIC)
+    # unsigned: Numba marks signed additions no-signed-wrap, which would leave inf and NaN's sum undefined
+    exponent = np.uint64(_f64_bits(v) & np.int64(_F64_EXP_MASK))
+    return max(_bits_f64(np.int64(exponent + np.uint64(_BF16_SPACING_EXPONENT))), _BF16_SUB_MAGIC)
 
 
 @_jit(inline="always")
@@ -1023,7 +1025,7 @@ def _fused_products(row, table_kind):
     bits) and the cos table float32 (24 bits). Their products have at most 48 significant bits, between
     2**-298 and 2**256 when nonzero: exact in float64. A float64 input or cos table is not. (Only the cos
     table matters, the sin product being rounded either way, but ``table_kind`` is float32 only when both
-    are: a float32 cos with a float64 sin, which nothing in the library builds, keeps the two roundings.)"""
+    are: a float32 cos with a float64 sin, which only a caller's own tables give, keeps the two roundings.)"""
 
 
 @overload(_fused_products, inline="always")
@@ -1310,7 +1312,8 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
 
 _LAYOUT_CODES = {"half": 0, "interleaved": 1, "deepseek": 2}
 # Numba has neither float16 nor bfloat16 arrays: they travel as 16-bit integer views, told apart by sign
-# (keyed by dtype.char: dtype.name is computed in Python on every access).
+# (keyed by dtype.char: dtype.name is computed in Python on every access), or bfloat16 as uint32 words of
+# two channels (BF16_WORDS).
 _RAW_VIEWS = {np.dtype(np.float16).char: np.uint16}
 try:
     import ml_dtypes
@@ -1320,8 +1323,8 @@ except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
     pass
 #: bfloat16 rows travel as uint32 words of two channels (see _rotate_half_words) where they take the float64
 #: path with 512-bit vectors (see _is_narrow) on a little-endian CPU: 4-7% faster there (docs/backends.md);
-#: where they take the certified float32 path, that stays faster. Set ROPEFLOW_NUMBA_BF16_WORDS=0 to keep
-#: them 16-bit (read at import).
+#: where they take the certified float32 path, that stays faster. Only for parallel work (see _Walk). Set
+#: ROPEFLOW_NUMBA_BF16_WORDS=0 to keep them 16-bit (read at import).
 BF16_WORDS = PREFER_512_BIT and not FORCE_CERTIFIED_HALF and sys.byteorder == "little" \
     and os.environ.get("ROPEFLOW_NUMBA_BF16_WORDS") != "0"
 #: Parallel rotations are cut into this many chunks of tiles (a few per thread, for balance).
@@ -1445,16 +1448,15 @@ class _Walk:
     """How :func:`_apply_tiles` walks arrays of one shape, strides and dtype (q's; k shares its batch and
     seq), decided once: the arrays are walked in memory order, token-major when the head stride is the
     smaller of the two (e.g. ``seq_axis=-3`` inputs), head-major otherwise; float16 and bfloat16 arrays
-    travel as 16-bit integer views; work below :data:`SERIAL_ELEMENTS` runs serially, the rest in tiles of
-    at least :data:`RUN_BYTES` per head-major run. :class:`PreparedApply` keeps one per shape."""
+    travel as 16-bit integer views, or bfloat16 as uint32 words (:data:`BF16_WORDS`: parallel work whose
+    rows, q's, k's and the outputs', are unit-stride, even and aligned for words, and "interleaved" or a
+    ``rotary_dim`` that is a multiple of 4); work below :data:`SERIAL_ELEMENTS` runs serially, the rest in
+    tiles of at least :data:`RUN_BYTES` per head-major run. :class:`PreparedApply` keeps one per shape."""
 
     __slots__ = ("view", "words", "transpose", "walk_flags", "tile", "chunks", "serial", "kernel")
 
     def __init__(self, x: np.ndarray, k: np.ndarray | None, token_major: bool) -> None:
         self.view = _RAW_VIEWS.get(x.dtype.char)
-        # bfloat16 rows as uint32 words where every row is unit-stride with an even length (the outputs and
-        # the layout are checked per call, in run)
-        self.words = BF16_WORDS and self.view is np.int16 and _word_rows(x) and (k is None or _word_rows(k))
         head_axis, seq_axis = (2, 1) if token_major else (1, 2)
         n_seq = x.shape[seq_axis]
         self.transpose = n_seq > 1 and x.shape[head_axis] > 1 \
@@ -1464,6 +1466,11 @@ class _Walk:
             | (_SEQ_INNER if n_seq > 1 and not token_major else 0)
         work = x.size + (0 if k is None else k.size)
         self.serial = work < SERIAL_ELEMENTS
+        # bfloat16 rows as uint32 words where every row is unit-stride with an even length (the outputs, the
+        # alignment and the layout are checked per call, in run); not for serial work, where those checks
+        # (about 1 us) cost more than the words save
+        self.words = BF16_WORDS and not self.serial and self.view is np.int16 and _word_rows(x) \
+            and (k is None or _word_rows(k))
         # head-major memory is read in runs of `tile` rows per head: at least RUN_BYTES of them, so that the
         # prefetchers (which stop at 4 KB page boundaries) keep up
         tile = TILE if self.serial else min(MAX_TILE, max(TILE, RUN_BYTES // max(1, x.shape[3] * x.itemsize)))
@@ -1496,11 +1503,14 @@ def _word_rows(a: np.ndarray) -> bool:
     return a.strides[3] == 2 and a.shape[3] % 2 == 0
 
 
-def _word_views(*arrays: np.ndarray) -> tuple[np.ndarray, ...] | None:
+def _word_views(x: np.ndarray, out: np.ndarray, k: np.ndarray, k_out: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """uint32 views of bfloat16 arrays with :func:`_word_rows`, or None where one would be unaligned (a view
     starting at an odd channel or with odd strides: Numba would compile a kernel for unaligned arrays)."""
-    views = tuple(a.view(np.uint32) for a in arrays)
-    return views if all(v.flags.aligned for v in views) else None
+    xw, ow, kw, kow = x.view(np.uint32), out.view(np.uint32), k.view(np.uint32), k_out.view(np.uint32)
+    if xw.flags.aligned and ow.flags.aligned and kw.flags.aligned and kow.flags.aligned:
+        return xw, ow, kw, kow
+    return None
 
 
 class PreparedApply:
