@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._interop import mark_torch_written
 from ._xp import _dtype_names
 from .apply import LAYOUTS, MAX_POSITION
 
@@ -273,7 +274,10 @@ def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, 
         if type(out) is not tuple or len(out) != 2 or out[0] is not q or out[1] is not k:
             return None
         done = host_apply(rope, q_np, k_np, position_ids, offset, layout, seq_axis, (q_np, k_np))
-        return None if done is None else out
+        if done is None:
+            return None
+        mark_torch_written((q,) if k is None else (q, k))  # written through NumPy views: autograd must know
+        return out
     done = host_apply(rope, q_np, k_np, position_ids, offset, layout, seq_axis)
     if done is None:
         return None

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import _xp
-from ._interop import from_native, to_native, to_native_or_none, writable_native
+from ._interop import from_native, mark_written, to_native, to_native_or_none, writable_native
 from .backends import resolve
 from .positions import integer_array
 
@@ -202,6 +202,7 @@ def apply_rotary(
                   out=out, seq_axis=seq_axis, backend=backend, cu_seqlens=cu_seqlens)
     job.run()
     if caller_out is not None:
+        mark_written(caller_out)
         return caller_out
     return job.out if out is not None else from_native(job.out, origin)
 

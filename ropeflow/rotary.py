@@ -18,7 +18,15 @@ import numpy as np
 from . import _xp
 from ._cache import Table, publish, shared_table
 from ._hotpath import host_apply, host_table_hit, torch_host_apply
-from ._interop import from_native, library_of, to_native, to_native_or_none, torch_cpu_metadata, writable_native
+from ._interop import (
+    from_native,
+    library_of,
+    mark_written,
+    to_native,
+    to_native_or_none,
+    torch_cpu_metadata,
+    writable_native,
+)
 from .apply import (
     LAYOUTS,
     as_4d,
@@ -448,6 +456,7 @@ class RotaryEmbedding:
             k_job = None if k is None else make_job(backend, k, k_out, *job_args)
         q_job.run(k_job)
         if out is not None:
+            mark_written(*out)
             return tuple(out)
         return from_native(q_job.out, origin), None if k_job is None else from_native(k_job.out, origin)
 

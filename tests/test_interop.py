@@ -110,6 +110,67 @@ def test_embedding_apply_gqa_with_tensor_positions(dtype):
     assert np.array_equal(as_numpy(k_rot).view(np.uint8), wk.view(np.uint8))
 
 
+def _graph_saving(t):
+    """A loss whose backward needs ``t``'s current values (``t`` itself does not require grad: it is saved
+    for the gradient of a leaf ``w``), and ``w``."""
+    w = torch.ones_like(t, requires_grad=True)
+    return (t * w).sum(), w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("how", ["apply in place", "apply into out", "apply_rotary in place"])
+def test_writes_into_tensors_are_seen_by_autograd(dtype, how):
+    """Rotated values written into a caller's tensor through a NumPy view bump its autograd version, as torch's
+    own in-place operations do: a backward pass that saved the old values raises torch's error instead of
+    silently computing gradients from the rotated ones. Inputs that were only read keep their version. (float32
+    in place takes the torch hot path, the rest the general path.)"""
+    rope = RotaryEmbedding(16, 64)
+    q, k = random_tensor((1, 2, 3, 16), dtype, seed=7), random_tensor((1, 1, 3, 16), dtype, seed=8)
+    want = rope.apply(as_numpy(q), as_numpy(k), offset=5)
+    if how == "apply in place":
+        written, read = (q, k), ()
+    elif how == "apply into out":
+        written, read = (torch.zeros_like(q), torch.zeros_like(k)), (q, k)
+    else:
+        written, read, want = (q,), (), want[:1]
+    loss, _ = _graph_saving(written[0])
+    before = [t._version for t in written + read]
+    if how == "apply_rotary in place":
+        apply_rotary(q, *rope.cos_sin(8), offset=5, out=q)
+    else:
+        rope.apply(q, k, offset=5, out=written)
+    for t, w in zip(written, want, strict=True):
+        assert np.array_equal(as_numpy(t).view(np.uint8), w.view(np.uint8))
+    after = [t._version for t in written + read]
+    assert all(a > b for a, b in zip(after[:len(written)], before[:len(written)], strict=True))
+    assert after[len(written):] == before[len(written):]
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_autograd_version_bump_without_the_public_function(monkeypatch):
+    """torch before 2.1 has no ``torch.autograd.graph.increment_version``: the private per-tensor form
+    serves."""
+    monkeypatch.delattr(torch.autograd.graph, "increment_version")
+    rope = RotaryEmbedding(16, 64)
+    q = random_tensor((1, 2, 3, 16), "float32", seed=10)
+    loss, _ = _graph_saving(q)
+    rope.apply(q, offset=1, out=(q, None))
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_a_refused_write_leaves_versions_alone():
+    """A call that raises writes nothing (the no-trace rule), so no version moves."""
+    rope = RotaryEmbedding(16, 64)
+    q, k = random_tensor((1, 2, 3, 16), "float32", seed=11), random_tensor((1, 1, 3, 16), "float32", seed=12)
+    with pytest.raises(ValueError, match="offset"):
+        rope.apply(q, k, offset=-1, out=(q, k))
+    with pytest.raises(ValueError):
+        apply_rotary(q, *rope.cos_sin(8), offset=7, out=q)  # positions 7-9 past an 8-row table
+    assert (q._version, k._version) == (0, 0)
+
+
 def test_clear_errors_for_tensors_that_cannot_come_in():
     rope = RotaryEmbedding(16, 64)
     with pytest.raises(TypeError, match=r"q: the tensor requires grad.*detach"):
