@@ -196,8 +196,16 @@ def mark_torch_written(tensors: tuple[Any, ...]) -> None:
             torch._C._increment_version(t)
 
 
-def writable_native(out: Any, origin: Origin | None, name: str = "out") -> Any:
-    """The native view of an ``out=`` array, refusing immutable JAX arrays."""
+def writable_native(out: Any, name: str = "out") -> Any:
+    """The native view of an ``out=`` array that is not a NumPy array (see :func:`to_native`), refusing
+    what ropeflow cannot write into: immutable JAX arrays, and torch negative-bit or conjugate views (NumPy and
+    CuPy cannot view them; :func:`torch_to_native` would hand back a resolved copy, and the results would
+    never reach the caller's tensor)."""
+    if library_of(out) == "torch" and (out.is_neg() or out.is_conj()):
+        raise TypeError(f"{name}: a torch {'negative-bit' if out.is_neg() else 'conjugate'} view, which ropeflow "
+                        "cannot write through; pass a tensor without that bit (resolve_neg() and resolve_conj() make "
+                        "one) and copy the result back, or leave out=None and use the returned tensor")
+    native, origin = to_native(out, name)
     if origin is not None and origin.library == "jax":
         raise TypeError(f"{name}: JAX arrays are immutable; leave {name}=None and use the returned array")
-    return out
+    return native

@@ -196,8 +196,7 @@ def apply_rotary(
         cu_seqlens = to_native_or_none(cu_seqlens, "cu_seqlens")
     if out is not None and type(out) is not np.ndarray:
         caller_out = out
-        out, out_origin = to_native(out, "out")
-        writable_native(out, out_origin)
+        out = writable_native(out)
     job = prepare(x, cos, sin, position_ids, offset=offset, layout=layout, rotary_dim=rotary_dim, inverse=inverse,
                   out=out, seq_axis=seq_axis, backend=backend, cu_seqlens=cu_seqlens)
     job.run()

@@ -92,8 +92,7 @@ def _native_outs(out: Any, q: Any, k: Any) -> tuple[Any, Any]:
             natives.append(None)
             continue
         if type(o) is not np.ndarray:
-            o, origin = to_native(o, name)
-            writable_native(o, origin, name)
+            o = writable_native(o, name)
         check_out(o, x, name=name)
         natives.append(o)
     q_out, k_out = natives

@@ -171,6 +171,24 @@ def test_a_refused_write_leaves_versions_alone():
     assert (q._version, k._version) == (0, 0)
 
 
+def test_out_refuses_tensors_that_cannot_be_written_through_a_view():
+    """A negative-bit view (``torch._neg_view``) has no NumPy view: converting it gives a resolved copy, so a
+    write there would never reach the caller's tensor. ``out=`` refuses it by name, before writing anything;
+    as an input it is fine."""
+    rope = RotaryEmbedding(16, 64)
+    q = random_tensor((1, 2, 3, 16), "float32", seed=13)
+    neg = torch._neg_view(q.clone())
+    before = neg.clone()
+    with pytest.raises(TypeError, match=r"^out: a torch negative-bit view.*resolve_neg"):
+        apply_rotary(neg, *rope.cos_sin(8), out=neg)
+    with pytest.raises(TypeError, match=r"^out\[0\] \(q_out\): a torch negative-bit view"):
+        rope.apply(q, out=(neg, None))
+    assert torch.equal(neg, before) and neg._version == 0
+    got = apply_rotary(neg, *rope.cos_sin(8))  # read: resolved, fine
+    want = apply_rotary(as_numpy(neg.resolve_neg()), *rope.cos_sin(8))
+    assert np.array_equal(as_numpy(got), want)
+
+
 def test_clear_errors_for_tensors_that_cannot_come_in():
     rope = RotaryEmbedding(16, 64)
     with pytest.raises(TypeError, match=r"q: the tensor requires grad.*detach"):
