@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ._interop import mark_torch_written
-from ._xp import _dtype_names
+from ._xp import _dtype_names, overlaps_itself
 from .apply import LAYOUTS, MAX_POSITION
 
 #: Offsets arrays up to this size are range-checked as Python ints (faster than two reductions).
@@ -193,11 +193,18 @@ def _in_place(out: Any, q: np.ndarray, k: np.ndarray | None, layout: str) -> boo
     if out is None:
         return False
     if type(out) is not tuple or len(out) != 2 or out[0] is not q or out[1] is not k or layout == "deepseek" \
-            or not q.flags.writeable:
+            or not _own_memory(q):
         return None
-    if k is not None and (not k.flags.writeable or np.shares_memory(q, k)):
+    if k is not None and (not _own_memory(k) or np.shares_memory(q, k)):
         return None
     return True
+
+
+def _own_memory(x: np.ndarray) -> bool:
+    """Whether ``x`` can be written in place: writeable, and no two elements share memory (else the general
+    path reports it)."""
+    flags = x.flags
+    return flags.writeable and (flags.c_contiguous or not overlaps_itself(x))
 
 
 def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,

@@ -131,6 +131,23 @@ def numpy_dtype(name: str) -> np.dtype:
     return np.dtype(name)
 
 
+def overlaps_itself(a: Any) -> bool:
+    """Whether two elements of NumPy or CuPy array ``a`` may share memory (a broadcast or expanded view with a
+    zero stride, or ``as_strided`` rows that overlap). Contiguous arrays never do; otherwise the axes longer than
+    1, sorted by stride, must each step past the whole extent of the axes inside them. Conservative: a few
+    interleaved layouts that never overlap (e.g. shape (2, 3), strides (12, 8) of 4-byte items) count as
+    overlapping."""
+    flags = a.flags
+    if a.size <= 1 or flags.c_contiguous or flags.f_contiguous:
+        return False
+    extent = a.itemsize
+    for stride, length in sorted((abs(st), n) for n, st in zip(a.shape, a.strides, strict=True) if n > 1):
+        if stride < extent:
+            return True
+        extent += stride * (length - 1)
+    return False
+
+
 def same_view(a: Any, b: Any) -> bool:
     """True when ``a`` and ``b`` view the same elements the same way (an in-place call: ``out=x``)."""
     if a is b:

@@ -176,8 +176,9 @@ def apply_rotary(
     layout: ``"half"``, ``"interleaved"`` or ``"deepseek"`` (see the module docstring).
     rotary_dim: channels to rotate (default ``cos.shape[-1]``); the rest are copied through.
     inverse: rotate by ``-angle`` (undoes a forward rotation).
-    out: destination of ``x``'s shape and dtype, writeable; ``out=x`` rotates in place. An ``out`` that
-        partly overlaps ``x`` is computed as if ``x`` had been copied first.
+    out: destination of ``x``'s shape and dtype, writeable, no two of its elements sharing memory (a broadcast
+        or expanded view is refused); ``out=x`` rotates in place. An ``out`` that partly overlaps ``x`` is
+        computed as if ``x`` had been copied first.
 
     Arrays may be NumPy, CuPy, torch tensors (CPU: zero-copy NumPy views; CUDA: zero-copy CuPy views) or JAX
     arrays (CPU); the result is in ``x``'s library (with ``out``: ``out`` itself, rotated in place).
@@ -278,6 +279,10 @@ def check_out(out: Any, x: Any, tables: tuple[Any, ...] = (), name: str = "out")
     if not out.dtype.isnative:
         raise ValueError(f"{name}: non-native byte order ({out.dtype.str}); pass a native-order array "
                          f"({out.dtype.newbyteorder('=').str}) and convert afterwards")
+    if _xp.overlaps_itself(out):
+        raise ValueError(f"{name}: its elements overlap in memory (shape {tuple(out.shape)}, strides "
+                         f"{tuple(out.strides)} bytes: a broadcast or expanded view?), so results would overwrite "
+                         "each other; pass an array with memory of its own for every element")
     if _xp.is_numpy(out):
         if not out.flags.writeable:
             raise ValueError(f"{name}: the array is read-only (a shared cos/sin table, or writeable=False); pass a "

@@ -361,7 +361,8 @@ class RotaryEmbedding:
 
         ``out=(q_out, k_out)`` (``k_out`` None when ``k`` is): write the results there instead and return them;
         ``out=(q, k)`` rotates in place (no allocation: a large prefill then runs at copy speed). Each must have
-        its input's shape, dtype and library and be writeable; outputs that overlap the inputs are computed as
+        its input's shape, dtype and library and be writeable, with no two of its elements sharing memory (a
+        broadcast or expanded view is refused); outputs that overlap the inputs are computed as
         if the inputs had been copied first, and ``q_out`` and ``k_out`` must not overlap each other.
 
         Positions are ``position_ids`` or ``offset + arange(seq)``; the largest one decides the table length,

@@ -271,6 +271,66 @@ def test_partial_overlap_is_computed_as_if_copied(backend, layout, shift):
     np.testing.assert_allclose(out.astype(np.float64), expected, rtol=2**-23, atol=2**-23)
 
 
+def _overlaps_by_brute_force(a):
+    """Whether two elements of ``a`` share a byte, by listing every element's bytes."""
+    starts = np.zeros(1, np.int64)
+    for n, stride in zip(a.shape, a.strides, strict=True):
+        starts = (starts[:, None] + stride * np.arange(n)).ravel()
+    covered = (starts[:, None] + np.arange(a.itemsize)).ravel()
+    return np.unique(covered).size < covered.size
+
+
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(-3, 12)), min_size=1, max_size=4),
+       st.sampled_from([2, 4, 8]))
+@example([(2, 1), (3, 0)], 4)  # a broadcast axis
+@example([(2, 3), (3, 2)], 4)  # interleaved, no overlap: counted as overlapping (conservative)
+def test_overlap_check_never_misses_an_overlap(axes, itemsize):
+    """``overlaps_itself`` is True for every strided view in which two elements share memory (a brute-force
+    listing of their bytes decides), and False for every view made by slicing, transposing or reshaping a
+    real array."""
+    from ropeflow._xp import overlaps_itself
+
+    shape = tuple(n for n, _ in axes)
+    strides = tuple(step * itemsize for _, step in axes)
+    span = sum(abs(st) * (n - 1) for n, st in zip(shape, strides, strict=True)) + itemsize
+    buf = np.zeros(2 * span + 64, np.uint8)
+    dtype = {2: np.float16, 4: np.float32, 8: np.float64}[itemsize]
+    base = buf[span:span + itemsize].view(dtype)  # room on both sides for negative strides
+    view = np.lib.stride_tricks.as_strided(base, shape, strides, writeable=False)
+    if _overlaps_by_brute_force(view):
+        assert overlaps_itself(view)
+    real = np.zeros(tuple(n + 2 for n in shape), dtype)
+    sliced = real[tuple(slice(1, None, 2) if i % 2 else slice(None, None, -1) for i in range(len(shape)))]
+    for honest in (real, sliced, sliced.T, real.reshape(-1)[::3]):
+        assert not overlaps_itself(honest)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_out_whose_elements_overlap_is_refused(backend):
+    """An ``out`` (or an in-place x) whose elements share memory (a writeable broadcast or ``as_strided``
+    view) would keep only one of the results written to each shared element: refused by name, before
+    anything is written. As an input only, such a view is fine."""
+    cos, sin = _tables(8, 8)
+    x = np.random.default_rng(5).standard_normal((1, 2, 3, 8)).astype(np.float32)
+    buf = np.zeros(64, np.float32)
+    shared_heads = np.lib.stride_tricks.as_strided(buf, (1, 2, 3, 8), (0, 0, 32, 4), writeable=True)
+    partly = np.lib.stride_tricks.as_strided(buf, (1, 2, 3, 8), (0, 16, 32, 4), writeable=True)
+    rope = RotaryEmbedding(8, 16, backend=backend)
+    for out in (shared_heads, partly):
+        with pytest.raises(ValueError, match=r"^out: its elements overlap in memory"):
+            apply_rotary(x, cos, sin, out=out, backend=backend)
+        with pytest.raises(ValueError, match=r"^out: its elements overlap in memory"):
+            apply_rotary(out, cos, sin, out=out, backend=backend)
+        with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): its elements overlap in memory"):
+            rope.apply(out, out=(out, None))
+        rope.apply(x, offset=0)  # the table exists: an in-place call would take the hot path, which declines
+        with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): its elements overlap in memory"):
+            rope.apply(out, out=(out, None))
+    assert not buf.any()
+    np.testing.assert_array_equal(apply_rotary(shared_heads, cos, sin, backend=backend),
+                                  apply_rotary(np.ascontiguousarray(shared_heads), cos, sin, backend=backend))
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_in_place_stays_exact(backend):
     rng = np.random.default_rng(4)

@@ -118,27 +118,34 @@ def _graph_saving(t):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-@pytest.mark.parametrize("how", ["apply in place", "apply into out", "apply_rotary in place"])
-def test_writes_into_tensors_are_seen_by_autograd(dtype, how):
-    """Rotated values written into a caller's tensor through a NumPy view bump its autograd version, as torch's
-    own in-place operations do: a backward pass that saved the old values raises torch's error instead of
-    silently computing gradients from the rotated ones. Inputs that were only read keep their version. (float32
-    in place takes the torch hot path, the rest the general path.)"""
+@pytest.mark.parametrize("how", ["apply in place", "apply q alone in place", "apply into out",
+                                 "apply_rotary in place"])
+def test_writes_into_tensors_are_seen_by_autograd(dtype, how, monkeypatch):
+    """Rotated values written into a caller's tensor through a NumPy view bump its autograd version: a backward
+    pass that saved the old values raises torch's error instead of silently computing gradients from the
+    rotated ones. Inputs that were only read keep their version. float32 in place takes the torch hot path
+    (checked: the general path is disabled for it), the rest the general path."""
+    import ropeflow.rotary
+
     rope = RotaryEmbedding(16, 64)
     q, k = random_tensor((1, 2, 3, 16), dtype, seed=7), random_tensor((1, 1, 3, 16), dtype, seed=8)
-    want = rope.apply(as_numpy(q), as_numpy(k), offset=5)
+    want = rope.apply(as_numpy(q), as_numpy(k), offset=5)  # also builds the table the hot path needs
     if how == "apply in place":
         written, read = (q, k), ()
+    elif how == "apply q alone in place":
+        written, read, want, k = (q,), (), want[:1], None
     elif how == "apply into out":
         written, read = (torch.zeros_like(q), torch.zeros_like(k)), (q, k)
     else:
         written, read, want = (q,), (), want[:1]
+    if dtype == "float32" and how.startswith("apply ") and "in place" in how:
+        monkeypatch.setattr(ropeflow.rotary, "make_job", None)  # the general path would fail on it
     loss, _ = _graph_saving(written[0])
     before = [t._version for t in written + read]
     if how == "apply_rotary in place":
         apply_rotary(q, *rope.cos_sin(8), offset=5, out=q)
     else:
-        rope.apply(q, k, offset=5, out=written)
+        rope.apply(q, k, offset=5, out=written if k is not None else (q, None))
     for t, w in zip(written, want, strict=True):
         assert np.array_equal(as_numpy(t).view(np.uint8), w.view(np.uint8))
     after = [t._version for t in written + read]
@@ -149,15 +156,20 @@ def test_writes_into_tensors_are_seen_by_autograd(dtype, how):
 
 
 def test_autograd_version_bump_without_the_public_function(monkeypatch):
-    """torch before 2.1 has no ``torch.autograd.graph.increment_version``: the private per-tensor form
-    serves."""
+    """torch before 2.1 has no ``torch.autograd.graph.increment_version``; its private
+    ``torch._C._increment_version`` takes one tensor (newer ones take a list, so it is recorded here, not
+    run): it gets each written tensor once, and nothing else."""
     monkeypatch.delattr(torch.autograd.graph, "increment_version")
+    calls = []
+    monkeypatch.setattr(torch._C, "_increment_version", calls.append)
     rope = RotaryEmbedding(16, 64)
-    q = random_tensor((1, 2, 3, 16), "float32", seed=10)
-    loss, _ = _graph_saving(q)
-    rope.apply(q, offset=1, out=(q, None))
-    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
-        loss.backward()
+    q, k = random_tensor((1, 2, 3, 16), "float32", seed=10), random_tensor((1, 1, 3, 16), "float32", seed=14)
+    q_out, k_out = torch.zeros_like(q), torch.zeros_like(k)
+    rope.apply(q, k, offset=1, out=(q_out, k_out))
+    assert len(calls) == 2 and calls[0] is q_out and calls[1] is k_out
+    calls.clear()
+    rope.apply(q, k, offset=1, out=(q, k))  # the hot path
+    assert len(calls) == 2 and calls[0] is q and calls[1] is k
 
 
 def test_a_refused_write_leaves_versions_alone():
@@ -187,6 +199,26 @@ def test_out_refuses_tensors_that_cannot_be_written_through_a_view():
     got = apply_rotary(neg, *rope.cos_sin(8))  # read: resolved, fine
     want = apply_rotary(as_numpy(neg.resolve_neg()), *rope.cos_sin(8))
     assert np.array_equal(as_numpy(got), want)
+
+
+def test_out_refuses_tensors_whose_elements_share_memory():
+    """An expanded tensor (stride 0) converts to a writeable NumPy view with shared elements: every head would
+    write the same memory and only the last result would stay. Refused by name before writing, in place and
+    as a separate ``out``, as torch's own ``out=`` refuses it."""
+    rope = RotaryEmbedding(16, 64)
+    q = random_tensor((1, 2, 3, 16), "float32", seed=15)
+    rope.apply(as_numpy(q))  # the table exists: in-place calls would take the hot path, which declines
+    base = torch.zeros(1, 1, 3, 16)
+    expanded = base.expand(1, 2, 3, 16)
+    partly = torch.as_strided(torch.zeros(200), (1, 2, 3, 16), (0, 8, 16, 1))
+    for out in (expanded, partly):
+        with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): its elements overlap in memory"):
+            rope.apply(q, out=(out, None))
+        with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): its elements overlap in memory"):
+            rope.apply(out, out=(out, None))
+        with pytest.raises(ValueError, match=r"^out: its elements overlap in memory"):
+            apply_rotary(q, *rope.cos_sin(8), out=out)
+        assert not out.any() and out._version == 0
 
 
 def test_clear_errors_for_tensors_that_cannot_come_in():
