@@ -95,7 +95,7 @@ class Table:
             try:
                 cos = self.backend.empty((new, dim), self.dtype, self.device)
                 sin = self.backend.empty((new, dim), self.dtype, self.device)
-            except MemoryError:
+            except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big" past the address space
                 raise MemoryError(
                     f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
                     f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"

@@ -207,6 +207,14 @@ def _own_memory(x: np.ndarray) -> bool:
     return flags.writeable and (flags.c_contiguous or not overlaps_itself(x))
 
 
+def _apart(positions: np.ndarray, q: np.ndarray, k: np.ndarray | None) -> np.ndarray:
+    """``positions`` (the caller's own ids or offsets, possibly), or a copy where an in-place ``q`` or ``k`` may
+    share memory with them (see :func:`ropeflow.apply.positions_apart`)."""
+    if np.may_share_memory(positions, q) or (k is not None and np.may_share_memory(positions, k)):
+        return positions.copy()
+    return positions
+
+
 def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,
                out: Any = None) -> tuple[Any, Any] | None:
     """``(q_rot, k_rot)`` rotated at ``position_ids`` (when not None) or ``offset + arange(seq)``, or None where
@@ -233,8 +241,11 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         chosen = host_kernel_positions(position_ids, offset, n_batch, n_seq)
         if chosen is None:
             return None
+        positions = chosen[0]
+        if in_place and (position_ids is not None or type(offset) is not int):  # an int's row is new
+            positions = _apart(positions, q, k)
         q_out, k_out = _outputs(q, k, in_place)
-        if not hot(q, q_out, k, k_out, snap.cos, snap.sin, chosen[0], chosen[1], layout, dim, seq_axis == -3):
+        if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, chosen[1], layout, dim, seq_axis == -3):
             return None  # nothing written: the general path grows the table or reports the positions
         return q_out, k_out
     if position_ids is None:
@@ -246,6 +257,8 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     positions, longest = rows
     if snap.rows < longest or (rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS):
         return None
+    if in_place:
+        positions = _apart(positions, q, k)
     q_out, k_out = _outputs(q, k, in_place)
     if seq_axis == -2:
         backend.apply(q, q_out, snap.cos, snap.sin, positions, layout, dim, False, k=k, k_out=k_out)

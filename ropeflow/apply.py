@@ -343,7 +343,18 @@ def prepare(
         else:
             positions, _ = positions_of(_xp.array_module(x), position_ids, offset, int(n_batch), int(n_seq),
                                         int(cos.shape[0]))
-        return make_job(impl, x, out, seq_axis, cos, sin, positions, layout, rotary_dim, inverse)
+        return make_job(impl, x, out, seq_axis, cos, sin, positions_apart(positions, out), layout, rotary_dim,
+                        inverse)
+
+
+def positions_apart(positions: Any, *outs: Any) -> Any:
+    """``positions``, or a copy of them where an output (None: none) may share memory with them: the kernels
+    read positions while they write (the Numba one checks them all first and reads them again tile by tile, so
+    an output over them would send it outside the tables)."""
+    for out in outs:
+        if out is not None and shares_memory(positions, out):
+            return positions.copy()
+    return positions
 
 
 def packed_positions_within(xp: Any, cu_seqlens: Any, offset: Any, n_batch: int, n_seq: int, table_len: int,

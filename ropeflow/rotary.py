@@ -35,6 +35,7 @@ from .apply import (
     check_out,
     check_seq_axis,
     make_job,
+    positions_apart,
     positions_of,
     shares_memory,
 )
@@ -449,6 +450,8 @@ class RotaryEmbedding:
             with _xp.device_scope(q):
                 cos, sin = compose_mrope(xp, cos, ids3, self._mrope), compose_mrope(xp, sin, ids3, self._mrope)
                 positions = xp.arange(n_batch * n_seq, dtype=np.int64).reshape(n_batch, n_seq)
+        if out is not None:
+            positions = positions_apart(positions, q_out, k_out)
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
         job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
         with _xp.device_scope(q):

@@ -166,6 +166,9 @@ def test_exact_huge_length_leaves_no_trace():
             before = instance_state(rope), registry_state()
             with pytest.raises(MemoryError, match="seq_len"):
                 rope.cos_sin(2**40)
+            # past the address space NumPy refuses the size itself ("array is too big"): the same error
+            with pytest.raises(MemoryError, match=r"^seq_len: 4611686018427387905 positions need two"):
+                rope.apply(np.ones((1, 1, 4, rope.dim), np.float32), position_ids=np.array([0, 1, 2, 2**62]))
             assert (instance_state(rope), registry_state()) == before
         cos, _ = rope.cos_sin(20)
         assert np.isfinite(cos).all()
@@ -329,6 +332,45 @@ def test_out_whose_elements_overlap_is_refused(backend):
     assert not buf.any()
     np.testing.assert_array_equal(apply_rotary(shared_heads, cos, sin, backend=backend),
                                   apply_rotary(np.ascontiguousarray(shared_heads), cos, sin, backend=backend))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_outputs_over_the_positions_are_computed_as_if_the_positions_were_copied(backend):
+    """Position ids or offsets that share memory with an output (a view of one buffer): the kernels read
+    positions while they write, so the Numba one used to read rotated floats as table rows and crash. The
+    positions are copied first; the results are those of the original positions, on every path (apply_rotary,
+    the embedding's general path with separate outputs, and its hot path in place)."""
+    n = 64
+    rope = RotaryEmbedding(32, 128, backend=backend)
+    cos, sin = rope.cos_sin(n)
+    x = np.random.default_rng(6).standard_normal((1, 1, n, 32)).astype(np.float32)
+    ids_now = np.arange(n)[::-1].copy()
+
+    buf = np.zeros(n * 16, np.int64)  # ids in the first n int64 slots, out over all of it
+    ids = buf[:n]
+    ids[:] = ids_now
+    out = buf.view(np.float32).reshape(1, 1, n, 32)
+    want = apply_rotary(x, cos, sin, position_ids=ids_now, backend=backend)
+    apply_rotary(x, cos, sin, position_ids=ids, out=out, backend=backend)
+    np.testing.assert_array_equal(out, want)
+
+    buf[:] = 0  # the embedding, separate outputs: k_out over the ids
+    ids[:] = ids_now
+    k_out = buf.view(np.float32).reshape(1, 1, n, 32)
+    q_out = np.empty_like(x)
+    want_q, want_k = rope.apply(x, x, ids_now[None])
+    rope.apply(x, x, ids[None], out=(q_out, k_out))
+    np.testing.assert_array_equal(q_out, want_q)
+    np.testing.assert_array_equal(k_out, want_k)
+
+    buf = np.zeros(n * 16, np.int64)  # hot path in place: the offsets inside q ((n, 1, 1, 32): one per row)
+    q = buf.view(np.float32).reshape(n, 1, 1, 32)
+    q[...] = x.reshape(n, 1, 1, 32)
+    offsets = buf[:n]  # overwrites the start of q: what is there now is the input
+    offsets[:] = 3
+    want_q, _ = rope.apply(q.copy(), offset=np.full(n, 3))
+    rope.apply(q, offset=offsets, out=(q, None))
+    np.testing.assert_array_equal(q, want_q)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
