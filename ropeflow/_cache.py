@@ -14,6 +14,7 @@ per dtype until the table grows.
 
 from __future__ import annotations
 
+import sys
 import threading
 import warnings
 import weakref
@@ -92,14 +93,16 @@ class Table:
             # geometric growth, capped at twice the request and at the limit (never below the request)
             new = max(n, min(2 * old, 2 * n, self.limit)) if self.grow else n
             dim = 2 * self.freqs.inv_freq.shape[0]
+            too_big = MemoryError(
+                f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
+                f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate")
+            if new * dim * self.dtype.itemsize > sys.maxsize:  # past the address space (NumPy: "array is too big")
+                raise too_big
             try:
                 cos = self.backend.empty((new, dim), self.dtype, self.device)
                 sin = self.backend.empty((new, dim), self.dtype, self.device)
-            except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big" past the address space
-                raise MemoryError(
-                    f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
-                    f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"
-                ) from None
+            except MemoryError:
+                raise too_big from None
             if old:
                 cos[:old] = snap.cos[:old]
                 sin[:old] = snap.sin[:old]

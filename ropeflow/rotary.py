@@ -446,6 +446,11 @@ class RotaryEmbedding:
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
         cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, _xp.namespace(q),
                                _xp.numpy_dtype(table_dtype))
+        if out is not None:  # torch (and CuPy) views of the cached tables are writeable: not into them
+            for name, o in (("out[0] (q_out)", q_out), ("out[1] (k_out)", k_out)):
+                if o is not None and (shares_memory(o, cos) or shares_memory(o, sin)):
+                    raise ValueError(f"{name}: shares memory with the cached cos/sin tables (a view of rope(...) "
+                                     "or cos_sin(...)); pass a separate array")
         if ids3 is not None:  # M-RoPE: per-token tables, row b * seq + s for token (b, s)
             with _xp.device_scope(q):
                 cos, sin = compose_mrope(xp, cos, ids3, self._mrope), compose_mrope(xp, sin, ids3, self._mrope)

@@ -284,17 +284,19 @@ def _overlaps_by_brute_force(a):
 
 
 @given(st.lists(st.tuples(st.integers(1, 4), st.integers(-3, 12)), min_size=1, max_size=4),
-       st.sampled_from([2, 4, 8]))
-@example([(2, 1), (3, 0)], 4)  # a broadcast axis
-@example([(2, 3), (3, 2)], 4)  # interleaved, no overlap: counted as overlapping (conservative)
-def test_overlap_check_never_misses_an_overlap(axes, itemsize):
+       st.sampled_from([2, 4, 8]), st.booleans())
+@example([(2, 1), (3, 0)], 4, False)  # a broadcast axis
+@example([(2, 3), (3, 2)], 4, False)  # interleaved, no overlap: counted as overlapping (conservative)
+@example([(3, 1)], 4, True)  # 4-byte items 2 bytes apart
+def test_overlap_check_never_misses_an_overlap(axes, itemsize, byte_strides):
     """``overlaps_itself`` is True for every strided view in which two elements share memory (a brute-force
     listing of their bytes decides), and False for every view made by slicing, transposing or reshaping a
     real array."""
     from ropeflow._xp import overlaps_itself
 
     shape = tuple(n for n, _ in axes)
-    strides = tuple(step * itemsize for _, step in axes)
+    # strides in items, or in bytes (any count, e.g. 4-byte items 2 bytes apart)
+    strides = tuple(step * (2 if byte_strides else itemsize) for _, step in axes)
     span = sum(abs(st) * (n - 1) for n, st in zip(shape, strides, strict=True)) + itemsize
     buf = np.zeros(2 * span + 64, np.uint8)
     dtype = {2: np.float16, 4: np.float32, 8: np.float64}[itemsize]

@@ -221,6 +221,21 @@ def test_out_refuses_tensors_whose_elements_share_memory():
         assert not out.any() and out._version == 0
 
 
+def test_out_refuses_the_cached_tables():
+    """torch views of the cached tables are writeable (torch has no read-only flag): ``rope.apply`` refuses
+    one as ``out=`` by name, as ``apply_rotary`` refuses an out over its tables, and the cache stays intact."""
+    rope = RotaryEmbedding(32, 64)
+    cos, sin = rope.cos_sin(16, like=torch.zeros(1))
+    before = cos.clone(), sin.clone()
+    q = random_tensor((1, 1, 16, 32), "float32", seed=16)
+    for table in (cos, sin):
+        with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): shares memory with the cached cos/sin"):
+            rope.apply(q, out=(table.view(1, 1, 16, 32), None))
+        with pytest.raises(ValueError, match=r"^out\[1\] \(k_out\): shares memory with the cached cos/sin"):
+            rope.apply(q, q, out=(torch.empty_like(q), table.view(1, 1, 16, 32)))
+    assert torch.equal(cos, before[0]) and torch.equal(sin, before[1])
+
+
 def test_clear_errors_for_tensors_that_cannot_come_in():
     rope = RotaryEmbedding(16, 64)
     with pytest.raises(TypeError, match=r"q: the tensor requires grad.*detach"):
