@@ -30,7 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._model_defaults import TEXT_MODEL_TYPES, model_defaults
@@ -166,6 +166,21 @@ def _is_nested(params: Mapping[str, Any]) -> bool:
         v is None or isinstance(v, Mapping) for v in params.values())
 
 
+def _check_agreement(params: Mapping[str, Any], scaling: Mapping[str, Any]) -> None:
+    """A config with both ``rope_parameters`` (transformers 5) and ``rope_scaling`` (transformers 4) must say the
+    same in both: every ``rope_scaling`` key (``type`` read as ``rope_type``) with the same value in a flat
+    ``rope_parameters``. Otherwise it is ambiguous which one the model was trained with (transformers 5 takes
+    ``rope_scaling`` and drops ``rope_parameters``, its ``rope_theta`` included): a ValueError naming both."""
+    if _is_nested(params):
+        differ = ["the layout (rope_parameters is nested by layer type)"]
+    else:
+        canonical = {("rope_type" if key == "type" else key): value for key, value in scaling.items()}
+        differ = [repr(key) for key, value in canonical.items() if params.get(key) != value]
+    if differ:
+        raise ValueError(f"config: 'rope_scaling' {dict(scaling)!r} and 'rope_parameters' {dict(params)!r} disagree "
+                         f"({', '.join(differ)}); keep the one that describes the model and remove the other")
+
+
 def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
     """``{layer_type: rope dict}``: the rope dict holds ``rope_type`` and scaling fields, and ``rope_theta`` /
     ``partial_rotary_factor`` where the config gives them per layer type. ``None`` marks a layer type
@@ -176,12 +191,18 @@ def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
     for name, value in (("rope_parameters", params), ("rope_scaling", scaling)):
         if value is not None and not isinstance(value, Mapping):
             raise TypeError(f"config['{name}']: expected a dict (or null), got {value!r} ({type(value).__name__})")
-    declared = [t for t in (cfg.get("layer_types") or []) if isinstance(t, str)]
+    if params and scaling:
+        _check_agreement(params, scaling)
+    listed = cfg.get("layer_types")
+    if listed is not None and (isinstance(listed, str | bytes | Mapping) or not isinstance(listed, Sequence)):
+        raise TypeError(f"config['layer_types']: expected a list of layer type names (or null), got {listed!r} "
+                        f"({type(listed).__name__})")
+    declared = [t for t in (listed or []) if isinstance(t, str)]
     order = list(dict.fromkeys(declared))
-    if params is not None and _is_nested(params):
+    if params and _is_nested(params):
         names = [t for t in order if t in params] + [t for t in params if t not in order]
         return {t: (None if params[t] is None else dict(params[t])) for t in names}
-    flat = dict(params if params is not None else (scaling or {}))
+    flat = dict(params or scaling or {})  # an empty rope_parameters leaves rope_scaling in force
     local = f.get("rope_local_base_freq")
     if local is not None:  # Gemma 3 (transformers 4 files): a default-RoPE sliding layer with its own base
         return {"sliding_attention": {"rope_type": "default", "rope_theta": local},

@@ -202,8 +202,33 @@ BAD_CONFIGS = [
     ({**LLAMA, "rope_scaling": {"rope_type": "ntk", "factor": 1e308}}, ValueError,
      r"scaling\['factor'\] \(ntk\): factor \*\* \(dim / \(dim - 2\)\) overflows"),
     ({**LLAMA, "rope_ratio": 0}, ValueError, r"config\['rope_ratio'\]: must be > 0"),
+    ({**LLAMA, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4},
+      "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, ValueError,
+     r"config: 'rope_scaling' .* and 'rope_parameters' .* disagree \('rope_type', 'factor'\); keep the one"),
+    ({**LLAMA, "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e4}},
+      "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, ValueError,
+     r"disagree \(the layout \(rope_parameters is nested by layer type\)\)"),
+    ({**LLAMA, "layer_types": "full_attention"}, TypeError,
+     r"config\['layer_types'\]: expected a list of layer type names \(or null\), got 'full_attention' \(str\)"),
+    ({**LLAMA, "layer_types": 5}, TypeError, r"config\['layer_types'\]: expected a list .* got 5 \(int\)"),
     ({"hidden_size": 64, "num_attention_heads": 1}, ValueError, "missing required field 'max_position_embeddings'"),
 ]
+
+
+def test_rope_scaling_next_to_rope_parameters():
+    """transformers 4's ``rope_scaling`` beside transformers 5's ``rope_parameters``: read when
+    ``rope_parameters`` is empty, accepted when both say the same (``type`` read as ``rope_type``), refused by
+    name when they differ (see BAD_CONFIGS). It was ignored whenever ``rope_parameters`` was present."""
+    linear = {"rope_type": "linear", "factor": 4.0}
+    plain = RotaryEmbedding.from_hf_config(LLAMA)
+    for cfg in ({**LLAMA, "rope_parameters": {}, "rope_scaling": linear},
+                {**LLAMA, "rope_parameters": {**linear, "rope_theta": LLAMA.get("rope_theta", 10000.0)},
+                 "rope_scaling": {"type": "linear", "factor": 4}}):
+        rope = RotaryEmbedding.from_hf_config(cfg)
+        assert rope.scaling is not None and rope.scaling.factor == 4.0
+        cos, _ = rope.cos_sin(64, "float64")
+        want = np.cos(np.arange(64)[:, None] / 4.0 * plain.inv_freq.astype(np.float64)[None, :])
+        np.testing.assert_allclose(cos[:, : want.shape[1]], want, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("cfg,exc,match", BAD_CONFIGS, ids=lambda v: None)
