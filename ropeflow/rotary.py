@@ -481,8 +481,8 @@ class RotaryEmbedding:
             origin = None
             if type(like) is not np.ndarray:
                 like, origin = to_native(like, "like")
+            xp = _xp.namespace(like, "like")  # first: its error names like and what it is
             backend = resolve(self._requested_backend, like)
-            xp = _xp.namespace(like, "like")
             return self._serve(backend, _xp.device_key(like), seq_len, dtype_name, xp,
                                _xp.numpy_dtype(dtype_name), origin)
         backend = resolve(self._requested_backend)

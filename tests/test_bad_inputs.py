@@ -155,6 +155,14 @@ def test_call_bad_value(param, value):
         must_raise(param, lambda: rope(x, seq_len=value), rope)
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy", "numba"])
+@pytest.mark.parametrize("like", [[1.0, 2.0], "x", 3, np.float32(1)], ids=["list", "str", "int", "numpy scalar"])
+def test_cos_sin_like_that_is_no_array_is_named(backend, like):
+    """With an explicit host backend the error named ``x`` and called the value a CuPy array."""
+    with pytest.raises(TypeError, match=r"^like: expected a NumPy or CuPy array, got "):
+        RotaryEmbedding(8, 16, backend=backend).cos_sin(4, like=like)
+
+
 def test_exact_huge_length_leaves_no_trace():
     """cos_sin(2**40) in exact mode cannot be allocated: MemoryError, and every policy's state is intact."""
     for rope in _instances()[1:]:
