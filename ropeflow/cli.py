@@ -177,6 +177,21 @@ def _config_source(args: argparse.Namespace) -> tuple[str, dict[str, Any]] | Non
     return None
 
 
+def _layer_type_of(source: tuple[str, dict[str, Any]], chosen: str | None) -> str | None:
+    """The layer type to build for a preset or config: ``chosen`` (checked by ``from_hf_config``), or None
+    where the config has one rotary configuration; several and none chosen is a ValueError naming
+    ``--layer-type`` and the choices."""
+    from .config import layer_types
+
+    if chosen is not None:
+        return chosen
+    types = layer_types(source[1])
+    if len(types) > 1:
+        raise ValueError(f"--layer-type: {source[0]} has a rotary configuration per layer type; pass one of "
+                         f"{', '.join(types)}")
+    return None
+
+
 def tables(args: argparse.Namespace) -> int:
     """Print the first ``--rows`` x ``--cols`` of the cos and sin tables."""
     source = _config_source(args)
@@ -186,8 +201,12 @@ def tables(args: argparse.Namespace) -> int:
             if value is not None:
                 raise ValueError(f"{flag}: cannot be combined with --preset/--config (the config sets it); "
                                  f"got {flag} {value:g}")
-        rope = RotaryEmbedding.from_hf_config(source[1], **common)
-        what = f"{source[0]}: {rope.scaling.rope_type if rope.scaling else 'default'} rope"
+        layer_type = _layer_type_of(source, args.layer_type)
+        rope = RotaryEmbedding.from_hf_config(source[1], layer_type=layer_type, **common)
+        what = f"{source[0]}{'' if layer_type is None else f' ({layer_type})'}: " \
+               f"{rope.scaling.rope_type if rope.scaling else 'default'} rope"
+    elif args.layer_type is not None:
+        raise ValueError(f"--layer-type: needs --preset or --config; got --layer-type {args.layer_type}")
     else:
         rope = RotaryEmbedding(args.dim or 64, max(args.seq_len, 1), args.base or 10000.0, **common)
         what = "standard rope"
@@ -223,12 +242,18 @@ def plot_cmd(args: argparse.Namespace) -> int:
     """Write the spectrum figure of the given configs."""
     from ._inspect import resolve_target
     from ._plot import check_output, plot_configs
+    from .config import layer_types
 
     check_output(args.output)  # before any work: a wrong extension fails fast
     ropes = []
     for target in args.targets:
         label, config = resolve_target(target)
-        ropes.append((label, RotaryEmbedding.from_hf_config(config, backend="numpy")))
+        types = (args.layer_type,) if args.layer_type is not None else layer_types(config)
+        for layer_type in types:  # one curve per layer type where a config has several (Gemma 3)
+            name = label if len(types) == 1 and args.layer_type is None else f"{label} ({layer_type})"
+            chosen = None if len(types) == 1 and args.layer_type is None else layer_type
+            rope = RotaryEmbedding.from_hf_config(config, backend="numpy", layer_type=chosen)
+            ropes.append((name, rope))
     path = plot_configs(ropes, args.output, error=args.error, error_positions=args.error_positions,
                         title=args.title, progress=lambda msg: print(msg, file=sys.stderr))
     print(f"wrote {path}")
@@ -306,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-positions", type=_int_at_least(2), default=None,
                    help="positions for --error (default: each config's extended context, at most 262144)")
     p.add_argument("--title", default=None, help="figure title")
+    p.add_argument("--layer-type", default=None,
+                   help="the layer type to draw for configs with one per layer type (default: every one)")
 
     p = add("bench", "table and rotation benchmarks from the installed package",
             "Time table builds and q/k rotation on this machine, against the seed's PyTorch code when torch "
@@ -337,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", choices=presets.names(), default=None, help="a shipped model preset")
     group.add_argument("--config", default=None, help="a config.json file or a folder holding one")
+    p.add_argument("--layer-type", default=None,
+                   help="with --preset/--config: the layer type, for configs with one rotary setup per layer "
+                        "type (e.g. gemma-3-4b-it: sliding_attention or full_attention)")
 
     p = add("compile", "compile the Numba kernels ahead of the first call",
             "Compile the Numba kernels that ropeflow.warmup lists (every input dtype with each table dtype it "

@@ -293,6 +293,34 @@ def test_plot_png_and_svg(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "reference (solid) vs exact (dashed) precision" in text
 
 
+def test_layer_types_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A preset with a rotary configuration per layer type (Gemma 3): ``tables`` asks for ``--layer-type`` by
+    name and builds the one given (its values those of ``from_hf_config(..., layer_type=...)``); ``plot`` draws
+    every layer type, or the one given."""
+    rc, _, err = run_cli(["tables", "--preset", "gemma-3-4b-it"], capsys)
+    assert rc == 2 and "--layer-type: gemma-3-4b-it has a rotary configuration per layer type" in err
+    assert "sliding_attention, full_attention" in err
+    rc, _, err = run_cli(["tables", "--layer-type", "full_attention"], capsys)
+    assert rc == 2 and "--layer-type: needs --preset or --config" in err
+    for layer_type in ("sliding_attention", "full_attention"):
+        rc, out, _ = run_cli(["tables", "--preset", "gemma-3-4b-it", "--layer-type", layer_type, "--rows", "3",
+                              "--cols", "4", "--precision", "exact"], capsys)
+        rope = ropeflow.RotaryEmbedding.from_preset("gemma-3-4b-it", layer_type=layer_type, precision="exact")
+        cos = rope.cos_sin(16)[0][:3, :4].astype(np.float64)
+        assert rc == 0 and f"gemma-3-4b-it ({layer_type})" in out
+        printed = np.array([float(v) for v in re.findall(r"-?\d+\.\d*", out.split("cos[:3, :4] =")[1]
+                                                         .split("sin[")[0])]).reshape(3, 4)
+        np.testing.assert_allclose(printed, cos, atol=1e-6)
+    if pytest.importorskip("matplotlib"):
+        svg = tmp_path / "g.svg"
+        rc, _, _ = run_cli(["plot", "gemma-3-4b-it", "-o", str(svg)], capsys)
+        text = svg.read_text()
+        assert rc == 0 and "gemma-3-4b-it (sliding_attention)" in text and "gemma-3-4b-it (full_attention)" in text
+        rc, _, _ = run_cli(["plot", "gemma-3-4b-it", "-o", str(svg), "--layer-type", "full_attention"], capsys)
+        text = svg.read_text()
+        assert rc == 0 and "(full_attention)" in text and "(sliding_attention)" not in text
+
+
 def test_precision_error_panel_data() -> None:
     from ropeflow._plot import precision_error
 
