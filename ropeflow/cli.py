@@ -244,7 +244,8 @@ def plot_cmd(args: argparse.Namespace) -> int:
     from ._plot import check_output, plot_configs
     from .config import layer_types
 
-    check_output(args.output)  # before any work: a wrong extension fails fast
+    check_output(args.output)  # before any work: a wrong extension or folder fails fast
+    _check_folder(args.output, "-o/--output")
     ropes = []
     for target in args.targets:
         label, config = resolve_target(target)
@@ -260,11 +261,26 @@ def plot_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_folder(path: str, flag: str) -> None:
+    """Before a long run: the folder of output ``path`` must exist and be writeable (ValueError naming
+    ``flag``)."""
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag}: no folder {folder!r} to write {path!r} into")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{flag}: the folder {folder!r} is not writeable")
+
+
 def bench_cmd(args: argparse.Namespace) -> int:
     """Run the benchmarks; optionally save them as JSON and as a figure."""
     from . import bench
 
+    if args.json:
+        _check_folder(args.json, "--json")
     if args.plot:
+        _check_folder(args.plot, "--plot")
         from ._plot import _pyplot, check_output
 
         check_output(args.plot)
@@ -411,8 +427,9 @@ def _run(args: argparse.Namespace) -> int:
     return commands[args.command](args)
 
 
-def _one_line(exc: BaseException) -> str:
-    """The message of an input error on one line, with the command-line spelling of a suggested fix."""
+def _one_line(exc: BaseException, has_precision: bool = True) -> str:
+    """The message of an input error on one line, with the command-line spelling of a suggested fix where the
+    command has that option (``has_precision``: it takes ``--precision``)."""
     if isinstance(exc, OSError) and exc.filename is not None:
         text = f"{exc.strerror or exc}: {exc.filename!r}"
     elif isinstance(exc, KeyError):
@@ -420,7 +437,7 @@ def _one_line(exc: BaseException) -> str:
     else:
         text = str(exc)
     text = " ".join(text.split())
-    if "precision='exact'" in text:
+    if "precision='exact'" in text and has_precision:
         text += " (on the command line: --precision exact)"
     return text
 
@@ -446,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (PlotUnavailableError, *INPUT_ERRORS) as exc:
-        print(f"ropeflow {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"ropeflow {args.command}: error: {_one_line(exc, hasattr(args, 'precision'))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ropeflow {args.command}: interrupted", file=sys.stderr)

@@ -88,7 +88,21 @@ BAD = {
     "bench --backend gpu": "--backend",
     "bench --plot fig.gif": "-o/--output",
     "frobnicate": "command",
+    "bench --json no-such-folder/r.json": "--json: no folder",  # before the run, not after it
+    "bench --plot no-such-folder/r.png": "--plot: no folder",
+    "plot deepseek-v3 -o no-such-folder/f.png": "-o/--output: no folder",
+    "tables --preset gemma-3-4b-it": "--layer-type",
+    "inspect x.json --json --frob": "unrecognized",
 }
+
+
+def test_hints_name_only_options_the_command_has(capsys: pytest.CaptureFixture[str]) -> None:
+    """A library message suggesting precision='exact' gets the command-line spelling only where the command
+    has --precision."""
+    rc, _, err = run_cli(["tables", "--seq-len", "16777217"], capsys)
+    assert rc == 2 and "(on the command line: --precision exact)" in err
+    rc, _, err = run_cli(["demo", "--seq-len", "16777217"], capsys)
+    assert rc == 2 and "precision='exact'" in err and "--precision" not in err
 
 
 @pytest.mark.parametrize("line", list(BAD))
