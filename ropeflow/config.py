@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -301,20 +302,7 @@ def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
             partial = f.get("partial_rotary_factor", "rotary_pct", default=1.0)
             partial_name = f.name_of("partial_rotary_factor", "rotary_pct")
         partial = _partial_factor(partial_name, partial)
-        head_dim = f.get("head_dim", "kv_channels")
-        if head_dim is not None:
-            head_dim = _int_field(f.name_of("head_dim", "kv_channels"), head_dim)
-        else:
-            hidden_name = f.name_of("hidden_size", "n_embd", "d_model")
-            heads_name = f.name_of("num_attention_heads", "n_head", "num_heads")
-            hidden = f.get("hidden_size", "n_embd", "d_model")
-            heads = f.get("num_attention_heads", "n_head", "num_heads")
-            if hidden is None:
-                raise ValueError("config: missing required field 'hidden_size' (or 'head_dim')")
-            if heads is None:
-                raise ValueError("config: missing required field 'num_attention_heads' (or 'head_dim')")
-            head_dim = _int_field(hidden_name, hidden) // _int_field(heads_name, heads)
-        dim = int(head_dim * partial)
+        dim = int(_head_dim(f) * partial)
     dim = check_dim(dim, "config: rotary dim (head_dim * partial_rotary_factor)")
 
     # ---- scaling
@@ -366,6 +354,22 @@ def _layout(f: _Fields) -> str:
     return f.defaults.get("layout", "half")
 
 
+def _head_dim(f: _Fields) -> int:
+    """The attention head dim: ``head_dim`` (ChatGLM: ``kv_channels``), else ``hidden_size //
+    num_attention_heads`` (or their GPT-2 / T5 names)."""
+    head_dim = f.get("head_dim", "kv_channels")
+    if head_dim is not None:
+        return _int_field(f.name_of("head_dim", "kv_channels"), head_dim)
+    hidden = f.get("hidden_size", "n_embd", "d_model")
+    heads = f.get("num_attention_heads", "n_head", "num_heads")
+    if hidden is None:
+        raise ValueError("config: missing required field 'hidden_size' (or 'head_dim')")
+    if heads is None:
+        raise ValueError("config: missing required field 'num_attention_heads' (or 'head_dim')")
+    return _int_field(f.name_of("hidden_size", "n_embd", "d_model"), hidden) // \
+        _int_field(f.name_of("num_attention_heads", "n_head", "num_heads"), heads)
+
+
 def softmax_scale(config: Any, layer_type: str | None = None) -> float:
     """The attention softmax scale a config implies: ``q_head_dim ** -0.5``, times ``get_mscale(factor,
     mscale_all_dim) ** 2`` for YaRN configs with ``mscale_all_dim`` (DeepSeek-V3's convention).
@@ -373,24 +377,22 @@ def softmax_scale(config: Any, layer_type: str | None = None) -> float:
     ``q_head_dim`` is ``qk_nope_head_dim + qk_rope_head_dim`` when both are given, else ``head_dim``, else
     ``hidden_size // num_attention_heads``.
     """
-    from .scaling import yarn_softmax_scale
+    from .scaling import YarnScaling, parse_scaling, validate_scaling, yarn_softmax_scale
 
     f = _Fields(language_config(config))
     nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
     if nope is not None and rope is not None:
         head_dim = _int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)
     else:
-        head_dim = f.get("head_dim")
-        if head_dim is None:
-            hidden, heads = f.get("hidden_size", "n_embd"), f.get("num_attention_heads", "n_head")
-            if hidden is None or heads is None:
-                raise ValueError("config: missing required field 'head_dim' (or 'hidden_size' and "
-                                 "'num_attention_heads')")
-            head_dim = _int_field("hidden_size", hidden) // _int_field("num_attention_heads", heads)
-        head_dim = _int_field("head_dim", head_dim)
-    scaling = rope_settings(config, layer_type)["scaling"] or {}
-    if scaling.get("rope_type", scaling.get("type")) == "yarn" and scaling.get("mscale_all_dim"):
-        return yarn_softmax_scale(int(head_dim), float(scaling["factor"]), float(scaling["mscale_all_dim"]))
+        head_dim = _head_dim(f)
+    settings = rope_settings(config, layer_type)
+    with warnings.catch_warnings():  # unknown keys: from_hf_config warns about them, once
+        warnings.simplefilter("ignore")
+        scaling = parse_scaling(settings["scaling"])  # validated as from_hf_config validates it
+    if scaling is not None:
+        validate_scaling(scaling, settings["dim"])
+    if isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
+        return yarn_softmax_scale(int(head_dim), float(scaling.factor), float(scaling.mscale_all_dim))
     return float(head_dim) ** -0.5
 
 

@@ -231,6 +231,20 @@ def test_rope_scaling_next_to_rope_parameters():
         np.testing.assert_allclose(cos[:, : want.shape[1]], want, rtol=0, atol=1e-6)
 
 
+def test_softmax_scale_reads_configs_as_from_hf_config_does():
+    """softmax_scale validates the scaling as from_hf_config does (a string mscale_all_dim was read as a number
+    there and refused here) and finds the head dim under the same names (d_model / num_heads)."""
+    from ropeflow.config import softmax_scale
+
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048, "mscale_all_dim": "1"}
+    for read in (RotaryEmbedding.from_hf_config, softmax_scale):
+        with pytest.raises(TypeError, match=r"scaling\['mscale_all_dim'\]: expected a number, got '1'"):
+            read({**LLAMA, "rope_scaling": yarn})
+    t5_names = {"d_model": 4096, "num_heads": 32, "max_position_embeddings": 4096}
+    assert RotaryEmbedding.from_hf_config(t5_names).dim == 128
+    assert softmax_scale(t5_names) == 128**-0.5
+
+
 @pytest.mark.parametrize("cfg,exc,match", BAD_CONFIGS, ids=lambda v: None)
 def test_bad_config_fields_name_the_field(cfg, exc, match):
     with pytest.raises(exc, match=match):

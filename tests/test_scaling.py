@@ -136,7 +136,8 @@ def test_yarn(dim, base, factor, original, beta_slow, beta_extra, mscale, mscale
     # (beta_fast close to beta_slow) amplifies it. Both are amplified again by (extrapolated - interpolated)
     # / inv_freq <= factor - 1.
     low, high = t_yarn_range(dim, base, original, beta_slow + beta_extra, beta_slow, truncate)
-    low_rounding = abs(low) / abs(high - low) if np.float32(low) != low else 0.0  # truncated: an exact integer
+    # float(...): NumPy 2 compares a float32 with a Python float in float32, where they are always equal
+    low_rounding = abs(low) / abs(high - low) if float(np.float32(low)) != low else 0.0  # truncated: exact
     _check(ref, exact, inv, scale, base, extra_ulps=4 * factor + (factor - 1) * low_rounding)
 
 
