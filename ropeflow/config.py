@@ -113,6 +113,9 @@ def language_config(config: Any) -> dict[str, Any]:
     inner = outer.get("text_config")
     if inner is None:
         return outer
+    if not isinstance(inner, Mapping) and not hasattr(inner, "to_dict"):  # a path or a number is no text config
+        raise TypeError(f"config['text_config']: expected a dict or a config object, got {inner!r} "
+                        f"({type(inner).__name__})")
     inner = load_config(inner) if not isinstance(inner, Mapping) else dict(inner)
     if inner.get("model_type") is None and isinstance(outer.get("model_type"), str):
         inner["model_type"] = TEXT_MODEL_TYPES.get(outer["model_type"], outer["model_type"])

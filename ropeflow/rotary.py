@@ -523,6 +523,9 @@ class RotaryEmbedding:
             except OverflowError as exc:
                 raise ValueError(f"seq_len: the frequencies for {length} positions overflow ({exc})") from None
             if not (np.all(np.isfinite(freqs.inv_freq)) and math.isfinite(freqs.attention_scaling)):
+                if length is None:  # the constructor's frequencies: the configuration itself
+                    raise ValueError(f"scaling: the frequencies of {self.scaling!r} are not finite in "
+                                     f"{freqs.inv_freq.dtype} (a factor too small or too large?)")
                 raise ValueError(f"seq_len: the frequencies for {length} positions are not finite")
             if length is None or len(self._freqs_by_len) < 64:
                 self._freqs_by_len[length] = freqs

@@ -211,6 +211,11 @@ BAD_CONFIGS = [
     ({**LLAMA, "layer_types": "full_attention"}, TypeError,
      r"config\['layer_types'\]: expected a list of layer type names \(or null\), got 'full_attention' \(str\)"),
     ({**LLAMA, "layer_types": 5}, TypeError, r"config\['layer_types'\]: expected a list .* got 5 \(int\)"),
+    ({**LLAMA, "text_config": 5}, TypeError, r"config\['text_config'\]: expected a dict or a config object, got 5"),
+    ({**LLAMA, "text_config": "text.json"}, TypeError, r"config\['text_config'\]: expected a dict .* got 'text.json'"),
+    ({**LLAMA, "rope_scaling": {"rope_type": "longrope", "short_factor": [1e-300] + [1.0] * 63,
+                                "long_factor": [1.0] * 64, "original_max_position_embeddings": 4096}}, ValueError,
+     r"^scaling: the frequencies of LongRopeScaling\(.*\) are not finite in float32"),
     ({"hidden_size": 64, "num_attention_heads": 1}, ValueError, "missing required field 'max_position_embeddings'"),
 ]
 
