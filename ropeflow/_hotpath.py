@@ -207,6 +207,11 @@ def _own_memory(x: np.ndarray) -> bool:
     return flags.writeable and (flags.c_contiguous or not overlaps_itself(x))
 
 
+def _callers_positions(position_ids: Any, offset: Any) -> bool:
+    """Whether the positions may be the caller's own array (ids, or offsets), not a row made from an int."""
+    return position_ids is not None or type(offset) is not int
+
+
 def _apart(positions: np.ndarray, q: np.ndarray, k: np.ndarray | None) -> np.ndarray:
     """``positions`` (the caller's own ids or offsets, possibly), or a copy where an in-place ``q`` or ``k`` may
     share memory with them (see :func:`ropeflow.apply.positions_apart`)."""
@@ -242,7 +247,7 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         if chosen is None:
             return None
         positions = chosen[0]
-        if in_place and (position_ids is not None or type(offset) is not int):  # an int's row is new
+        if in_place and _callers_positions(position_ids, offset):
             positions = _apart(positions, q, k)
         q_out, k_out = _outputs(q, k, in_place)
         if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, chosen[1], layout, dim, seq_axis == -3):
@@ -257,7 +262,7 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     positions, longest = rows
     if snap.rows < longest or (rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS):
         return None
-    if in_place:
+    if in_place and _callers_positions(position_ids, offset):
         positions = _apart(positions, q, k)
     q_out, k_out = _outputs(q, k, in_place)
     if seq_axis == -2:
