@@ -16,6 +16,7 @@ between timestamp text), left or right padding through ``attention_mask``. Not c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,12 +68,29 @@ def _vision_ids(start: int, t: int, h: int, w: int, interval: np.float32 | None)
     if interval is None:
         temporal = np.arange(t, dtype=np.int64)
     else:  # float32, as torch: arange(t) * time_interval, truncated by .long()
-        temporal = (np.arange(t, dtype=np.float32) * interval).astype(np.int64)
+        steps = np.arange(t, dtype=np.float32) * interval
+        if not (np.isfinite(steps[-1]) and steps[-1] < 2.0**62):
+            raise ValueError(f"tokens_per_second * second_per_grid_ts: a video's time step {float(interval)!r} "
+                             f"gives temporal positions up to {float(steps[-1])!r}; they must stay below 2**62")
+        temporal = steps.astype(np.int64)
     ids = np.empty((3, t, h, w), np.int64)
     ids[0] = temporal[:, None, None] + start
     ids[1] = (np.arange(h, dtype=np.int64) + start)[None, :, None]
     ids[2] = (np.arange(w, dtype=np.int64) + start)[None, None, :]
     return ids.reshape(3, -1)
+
+
+def _seconds(second_per_grid_ts: Any) -> list[float]:
+    """``second_per_grid_ts`` as a list of floats, each finite and >= 0 (TypeError / ValueError naming it)."""
+    values = np.asarray(to_native(second_per_grid_ts, "second_per_grid_ts")[0]).reshape(-1)
+    if values.dtype.kind not in "fiu" or values.dtype == np.bool_:
+        raise TypeError(f"second_per_grid_ts: expected numbers, got {second_per_grid_ts!r} (dtype {values.dtype})")
+    values = values.astype(np.float64)
+    bad = ~(np.isfinite(values) & (values >= 0))
+    if bad.any():
+        raise ValueError(f"second_per_grid_ts: values must be finite and >= 0, got {values[bad][0]!r} at index "
+                         f"{int(np.argmax(bad))}")
+    return values.tolist()
 
 
 def mrope_position_ids(
@@ -135,8 +153,9 @@ def mrope_position_ids(
     if tokens_per_second is not None:
         if isinstance(tokens_per_second, bool) or not isinstance(tokens_per_second, (int, float, np.number)):
             raise TypeError(f"tokens_per_second: expected a number, got {tokens_per_second!r}")
-        seconds = [1.0] * len(videos) if second_per_grid_ts is None else list(np.asarray(
-            to_native(second_per_grid_ts, "second_per_grid_ts")[0], dtype=np.float64).reshape(-1))
+        if not (math.isfinite(float(tokens_per_second)) and float(tokens_per_second) > 0):
+            raise ValueError(f"tokens_per_second: must be finite and > 0, got {tokens_per_second!r}")
+        seconds = [1.0] * len(videos) if second_per_grid_ts is None else _seconds(second_per_grid_ts)
         if len(seconds) != len(videos):
             raise ValueError(f"second_per_grid_ts: expected one value per video ({len(videos)}), got {len(seconds)}")
         intervals = [np.float32(np.float32(tokens_per_second) * np.float32(s)) for s in seconds]

@@ -102,6 +102,23 @@ def _native_outs(out: Any, q: Any, k: Any) -> tuple[Any, Any]:
     return q_out, k_out
 
 
+def _ndim(position_ids: Any) -> int:
+    """The number of dimensions of ``position_ids`` (an array, or nested lists/tuples); 0 for None."""
+    if position_ids is None:
+        return 0
+    ndim = getattr(position_ids, "ndim", None)
+    return int(np.ndim(position_ids)) if ndim is None and isinstance(position_ids, list | tuple) else int(ndim or 0)
+
+
+def _mrope_ids_error(shape: tuple[int, ...]) -> ValueError:
+    """The error for 3-D ``position_ids`` on an embedding without M-RoPE: ``(3, batch, seq)`` is M-RoPE's
+    layout, any other 3-D shape is simply not one of the allowed ones."""
+    if shape[0] == 3:
+        return ValueError(f"position_ids: shape {shape} (3, batch, seq) is M-RoPE's; this embedding has no "
+                          "mrope_section. Pass (seq,) or (batch, seq) ids, or build it with mrope_section=...")
+    return ValueError(f"position_ids: expected shape (seq,) or (batch, seq), got {shape}")
+
+
 class RotaryEmbedding:
     """Rotary position embedding tables (cos, sin), cached and shared, on NumPy, Numba or CuPy.
 
@@ -320,9 +337,7 @@ class RotaryEmbedding:
         with _xp.device_scope(x):
             ids = integer_ids(xp, position_ids)
             if ids.ndim == 3 and self._mrope is None:
-                raise ValueError(f"position_ids: shape {tuple(ids.shape)} (3, batch, seq) is M-RoPE's; this embedding "
-                                 "has no mrope_section. Pass (seq,) or (batch, seq) ids, or build it with "
-                                 "mrope_section=...")
+                raise _mrope_ids_error(tuple(ids.shape))
             if ids.ndim not in (1, 2) and not (ids.ndim == 3 and ids.shape[0] == 3):
                 allowed = "(seq,), (batch, seq) or (3, batch, seq)" if self._mrope else "(seq,) or (batch, seq)"
                 raise ValueError(f"position_ids: expected shape {allowed}, got {tuple(ids.shape)}")
@@ -428,11 +443,10 @@ class RotaryEmbedding:
             if cu_seqlens is not None:
                 positions, longest = packed_positions(xp, cu_seqlens, offset, n_batch, n_seq, position_ids)
                 name = "cu_seqlens and offset"
-            elif getattr(position_ids, "ndim", 0) == 3:
+            elif _ndim(position_ids) == 3:
                 if self._mrope is None:
-                    raise ValueError(f"position_ids: shape {tuple(position_ids.shape)} (3, batch, seq) is M-RoPE's; "
-                                     "this embedding has no mrope_section. Pass (seq,) or (batch, seq) ids, or build "
-                                     "it with mrope_section=...")
+                    raise _mrope_ids_error(tuple(np.shape(position_ids)) if isinstance(position_ids, list | tuple)
+                                           else tuple(position_ids.shape))
                 ids3, longest = check_position_ids3(xp, position_ids, n_batch, n_seq)
                 name = "position_ids"
             else:

@@ -349,12 +349,44 @@ MM_CASES = [
     ("second_per_grid_ts", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[1, 4, 4]], tokens_per_second=2,
                                 second_per_grid_ts=[1.0, 2.0])),
     ("second_per_grid_ts", dict(token_types=[0], second_per_grid_ts=[1.0])),
+    # video timing that is not a finite non-negative number gave wrapped int64 ids (a NumPy warning at most)
+    ("second_per_grid_ts", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]], tokens_per_second=2,
+                                second_per_grid_ts=[float("nan")])),
+    ("second_per_grid_ts", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]], tokens_per_second=2,
+                                second_per_grid_ts=[-1.0])),
+    ("second_per_grid_ts", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]], tokens_per_second=2,
+                                second_per_grid_ts="1")),
+    ("second_per_grid_ts", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]], tokens_per_second=2,
+                                second_per_grid_ts=[1e30])),
+    ("tokens_per_second", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]],
+                               tokens_per_second=float("nan"))),
+    ("tokens_per_second", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]], tokens_per_second=-2)),
 ]
 
 
 @pytest.mark.parametrize("param,kwargs", MM_CASES, ids=lambda v: repr(v)[:50])
 def test_mrope_position_ids_bad_input(param, kwargs):
     must_raise(param, lambda: mrope_position_ids(**kwargs))
+
+
+def test_three_axis_ids_as_nested_lists_and_other_3d_shapes():
+    """(3, batch, seq) ids as nested lists work in apply as in rope(x, position_ids=...) (apply took the
+    one-axis path and refused them); a 3-D shape that is not (3, batch, seq) is not called M-RoPE's."""
+    q = np.random.default_rng(8).standard_normal((2, 1, 3, 16)).astype(np.float32)
+    ids = [[[0, 1, 2], [5, 6, 7]], [[0, 1, 1], [5, 5, 6]], [[0, 2, 1], [5, 7, 6]]]
+    rope = RotaryEmbedding(16, 64, 10000.0, mrope_section=[2, 3, 3])
+    got, _ = rope.apply(q, None, ids)
+    want, _ = rope.apply(q, None, np.array(ids))
+    np.testing.assert_array_equal(got, want)
+    plain = RotaryEmbedding(16, 64, 10000.0)
+    for bad in (ids, np.array(ids)):
+        with pytest.raises(ValueError, match=r"^position_ids: shape \(3, 2, 3\) \(3, batch, seq\) is M-RoPE's"):
+            plain.apply(q, None, bad)
+    for call in (lambda: plain.apply(q, None, np.zeros((2, 2, 3), np.int64)),
+                 lambda: plain(q, position_ids=np.zeros((2, 2, 3), np.int64))):
+        with pytest.raises(ValueError, match=r"^position_ids: expected shape \(seq,\) or \(batch, seq\), got "
+                                             r"\(2, 2, 3\)$"):
+            call()
 
 
 # ------------------------------------------------------------------------------------------ bad input
