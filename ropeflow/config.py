@@ -209,6 +209,7 @@ def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
     flat = dict(params or scaling or {})  # an empty rope_parameters leaves rope_scaling in force
     local = f.get("rope_local_base_freq")
     if local is not None:  # Gemma 3 (transformers 4 files): a default-RoPE sliding layer with its own base
+        local = _check_number("config['rope_local_base_freq']", local, minimum=1.0, strict=True)
         return {"sliding_attention": {"rope_type": "default", "rope_theta": local},
                 "full_attention": flat}
     if cfg.get("global_rope_theta") is not None or f.model_type == "modernbert":  # ModernBERT
@@ -291,6 +292,9 @@ def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
     base = 10000.0 if base is None else _check_number(f"config['{base_name}']", base, minimum=1.0, strict=True)
     if f.model_type == "chatglm" or f.cfg.get("rope_ratio") is not None:
         ratio = _check_number("config['rope_ratio']", f.get("rope_ratio", default=1.0), minimum=0, strict=True)
+        if not base * ratio > 1:
+            raise ValueError(f"config['rope_ratio']: the base {base:g} * rope_ratio {ratio!r} = {base * ratio!r} "
+                             "must be > 1")
         base = base * ratio  # ChatGLM / GLM-4 (THUDM's code): base = 10000 * rope_ratio
 
     # ---- rotary dimension
@@ -298,6 +302,10 @@ def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
     if rotary is not None:
         name = f.name_of("qk_rope_head_dim", "rotary_dim")
         dim = _int_field(name, rotary)
+        if name == "rotary_dim" and f.get("head_dim", "kv_channels", "hidden_size", "n_embd", "d_model") is not None:
+            head_dim = _head_dim(f)  # GPT-J: rotary_dim channels of each head rotate, the rest pass through
+            if dim > head_dim:
+                raise ValueError(f"config['rotary_dim']: {dim} is more than the head dim {head_dim}; it must be <= it")
     else:
         partial = section.get("partial_rotary_factor")
         partial_name = "partial_rotary_factor"
