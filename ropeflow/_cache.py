@@ -93,16 +93,16 @@ class Table:
             # geometric growth, capped at twice the request and at the limit (never below the request)
             new = max(n, min(2 * old, 2 * n, self.limit)) if self.grow else n
             dim = 2 * self.freqs.inv_freq.shape[0]
-            too_big = MemoryError(
-                f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
-                f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate")
-            if new * dim * self.dtype.itemsize > sys.maxsize:  # past the address space (NumPy: "array is too big")
-                raise too_big
             try:
+                if new * dim * self.dtype.itemsize > sys.maxsize:  # past the address space (NumPy: "array is too big")
+                    raise MemoryError
                 cos = self.backend.empty((new, dim), self.dtype, self.device)
                 sin = self.backend.empty((new, dim), self.dtype, self.device)
             except MemoryError:
-                raise too_big from None
+                raise MemoryError(
+                    f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
+                    f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"
+                ) from None
             if old:
                 cos[:old] = snap.cos[:old]
                 sin[:old] = snap.sin[:old]

@@ -25,7 +25,7 @@ import numpy as np
 
 from ._interop import mark_torch_written
 from ._xp import _dtype_names, overlaps_itself
-from .apply import LAYOUTS, MAX_POSITION
+from .apply import LAYOUTS, MAX_POSITION, positions_apart
 
 #: Offsets arrays up to this size are range-checked as Python ints (faster than two reductions).
 _LIST_CHECK = 64
@@ -212,14 +212,6 @@ def _callers_positions(position_ids: Any, offset: Any) -> bool:
     return position_ids is not None or type(offset) is not int
 
 
-def _apart(positions: np.ndarray, q: np.ndarray, k: np.ndarray | None) -> np.ndarray:
-    """``positions`` (the caller's own ids or offsets, possibly), or a copy where an in-place ``q`` or ``k`` may
-    share memory with them (see :func:`ropeflow.apply.positions_apart`)."""
-    if np.may_share_memory(positions, q) or (k is not None and np.may_share_memory(positions, k)):
-        return positions.copy()
-    return positions
-
-
 def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,
                out: Any = None) -> tuple[Any, Any] | None:
     """``(q_rot, k_rot)`` rotated at ``position_ids`` (when not None) or ``offset + arange(seq)``, or None where
@@ -248,7 +240,7 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
             return None
         positions = chosen[0]
         if in_place and _callers_positions(position_ids, offset):
-            positions = _apart(positions, q, k)
+            positions = positions_apart(positions, q, k)
         q_out, k_out = _outputs(q, k, in_place)
         if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, chosen[1], layout, dim, seq_axis == -3):
             return None  # nothing written: the general path grows the table or reports the positions
@@ -263,7 +255,7 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     if snap.rows < longest or (rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS):
         return None
     if in_place and _callers_positions(position_ids, offset):
-        positions = _apart(positions, q, k)
+        positions = positions_apart(positions, q, k)
     q_out, k_out = _outputs(q, k, in_place)
     if seq_axis == -2:
         backend.apply(q, q_out, snap.cos, snap.sin, positions, layout, dim, False, k=k, k_out=k_out)

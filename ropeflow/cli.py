@@ -250,11 +250,10 @@ def plot_cmd(args: argparse.Namespace) -> int:
     for target in args.targets:
         label, config = resolve_target(target)
         types = (args.layer_type,) if args.layer_type is not None else layer_types(config)
-        for layer_type in types:  # one curve per layer type where a config has several (Gemma 3)
-            name = label if len(types) == 1 and args.layer_type is None else f"{label} ({layer_type})"
-            chosen = None if len(types) == 1 and args.layer_type is None else layer_type
-            rope = RotaryEmbedding.from_hf_config(config, backend="numpy", layer_type=chosen)
-            ropes.append((name, rope))
+        named = args.layer_type is not None or len(types) > 1  # one curve per layer type (Gemma 3)
+        for layer_type in types:
+            rope = RotaryEmbedding.from_hf_config(config, backend="numpy", layer_type=layer_type if named else None)
+            ropes.append((f"{label} ({layer_type})" if named else label, rope))
     path = plot_configs(ropes, args.output, error=args.error, error_positions=args.error_positions,
                         title=args.title, progress=lambda msg: print(msg, file=sys.stderr))
     print(f"wrote {path}")

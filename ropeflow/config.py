@@ -302,10 +302,9 @@ def _resolve(f: _Fields, section: Mapping[str, Any]) -> dict[str, Any]:
     if rotary is not None:
         name = f.name_of("qk_rope_head_dim", "rotary_dim")
         dim = _int_field(name, rotary)
-        if name == "rotary_dim" and f.get("head_dim", "kv_channels", "hidden_size", "n_embd", "d_model") is not None:
-            head_dim = _head_dim(f)  # GPT-J: rotary_dim channels of each head rotate, the rest pass through
-            if dim > head_dim:
-                raise ValueError(f"config['rotary_dim']: {dim} is more than the head dim {head_dim}; it must be <= it")
+        head_dim = _head_dim(f, required=False) if name == "rotary_dim" else None  # GPT-J: part of each head
+        if head_dim is not None and dim > head_dim:
+            raise ValueError(f"config['rotary_dim']: {dim} is more than the head dim {head_dim}; it must be <= it")
     else:
         partial = section.get("partial_rotary_factor")
         partial_name = "partial_rotary_factor"
@@ -365,14 +364,17 @@ def _layout(f: _Fields) -> str:
     return f.defaults.get("layout", "half")
 
 
-def _head_dim(f: _Fields) -> int:
+def _head_dim(f: _Fields, required: bool = True) -> int | None:
     """The attention head dim: ``head_dim`` (ChatGLM: ``kv_channels``), else ``hidden_size //
-    num_attention_heads`` (or their GPT-2 / T5 names)."""
+    num_attention_heads`` (or their GPT-2 / T5 names). Missing fields: a ValueError naming them, or None when
+    not ``required``."""
     head_dim = f.get("head_dim", "kv_channels")
     if head_dim is not None:
         return _int_field(f.name_of("head_dim", "kv_channels"), head_dim)
     hidden = f.get("hidden_size", "n_embd", "d_model")
     heads = f.get("num_attention_heads", "n_head", "num_heads")
+    if not required and (hidden is None or heads is None):
+        return None
     if hidden is None:
         raise ValueError("config: missing required field 'hidden_size' (or 'head_dim')")
     if heads is None:

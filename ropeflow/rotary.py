@@ -103,11 +103,14 @@ def _native_outs(out: Any, q: Any, k: Any) -> tuple[Any, Any]:
 
 
 def _ndim(position_ids: Any) -> int:
-    """The number of dimensions of ``position_ids`` (an array, or nested lists/tuples); 0 for None."""
-    if position_ids is None:
+    """The number of dimensions of ``position_ids`` (an array, or nested lists/tuples); 0 for None and for
+    what is no array at all (ragged lists: the one-axis path then names position_ids in its error)."""
+    if not isinstance(position_ids, list | tuple):
+        return int(getattr(position_ids, "ndim", 0))
+    try:
+        return int(np.ndim(position_ids))
+    except ValueError:
         return 0
-    ndim = getattr(position_ids, "ndim", None)
-    return int(np.ndim(position_ids)) if ndim is None and isinstance(position_ids, list | tuple) else int(ndim or 0)
 
 
 def _mrope_ids_error(shape: tuple[int, ...]) -> ValueError:
@@ -445,8 +448,7 @@ class RotaryEmbedding:
                 name = "cu_seqlens and offset"
             elif _ndim(position_ids) == 3:
                 if self._mrope is None:
-                    raise _mrope_ids_error(tuple(np.shape(position_ids)) if isinstance(position_ids, list | tuple)
-                                           else tuple(position_ids.shape))
+                    raise _mrope_ids_error(tuple(np.shape(position_ids)))
                 ids3, longest = check_position_ids3(xp, position_ids, n_batch, n_seq)
                 name = "position_ids"
             else:

@@ -382,6 +382,9 @@ def test_three_axis_ids_as_nested_lists_and_other_3d_shapes():
     for bad in (ids, np.array(ids)):
         with pytest.raises(ValueError, match=r"^position_ids: shape \(3, 2, 3\) \(3, batch, seq\) is M-RoPE's"):
             plain.apply(q, None, bad)
+    for rope_ in (plain, rope):  # ragged lists: still the named error of the one-axis path
+        with pytest.raises(TypeError, match=r"^position_ids: expected an integer array"):
+            rope_.apply(q, None, [[0, 1, 2], [3]])
     for call in (lambda: plain.apply(q, None, np.zeros((2, 2, 3), np.int64)),
                  lambda: plain(q, position_ids=np.zeros((2, 2, 3), np.int64))):
         with pytest.raises(ValueError, match=r"^position_ids: expected shape \(seq,\) or \(batch, seq\), got "
