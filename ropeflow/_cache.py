@@ -100,7 +100,7 @@ class Table:
                 sin = self.backend.empty((new, dim), self.dtype, self.device)
             except MemoryError:
                 raise MemoryError(
-                    f"seq_len: {n} positions need two ({new}, {dim}) {self.dtype.name} tables "
+                    f"{n} positions (0 .. {n - 1}) need two ({new}, {dim}) {self.dtype.name} tables "
                     f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"
                 ) from None
             if old:

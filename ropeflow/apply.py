@@ -123,6 +123,8 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             if isinstance(offset, (bool, np.bool_, float, np.floating, str)):
                 raise TypeError(f"offset: expected an int or an integer array of shape (batch,), got {offset!r}")
             offsets = integer_array(xp, offset, "offset")
+            if offsets.ndim == 0:  # a 0-d integer array (e.g. torch.tensor(5)): one offset for every row
+                offsets = xp.broadcast_to(offsets, (n_batch,))
             if offsets.ndim != 1 or offsets.shape[0] != n_batch:
                 raise ValueError(f"offset: expected shape (batch,) = ({n_batch},), got {tuple(offsets.shape)}")
             lo, hi = int(offsets.min()), int(offsets.max())
@@ -168,7 +170,7 @@ def apply_rotary(
     cos, sin: tables ``(table_len, rotary_dim)`` from :class:`~ropeflow.RotaryEmbedding` (the "half" table
         layout: column ``j`` and ``j + rotary_dim // 2`` hold the same frequency).
     position_ids: ``(seq,)`` or ``(batch, seq)`` integer rows of the tables; else ``offset + arange(seq)``
-        with ``offset`` an int or a ``(batch,)`` integer array (KV-cache decoding).
+        with ``offset`` an int (or a 0-d integer array) or a ``(batch,)`` integer array (KV-cache decoding).
     cu_seqlens: a packed (varlen) batch: ``x`` of shape ``(total_tokens, heads, head_dim)`` with
         ``seq_axis=-3`` (or ``(total_tokens, head_dim)``), ``cu_seqlens`` the ``(n_seqs + 1,)`` cumulative
         sequence lengths ``[0, len0, len0 + len1, ..., total_tokens]``. Positions restart at every sequence, at

@@ -208,7 +208,8 @@ def tables(args: argparse.Namespace) -> int:
     elif args.layer_type is not None:
         raise ValueError(f"--layer-type: needs --preset or --config; got --layer-type {args.layer_type}")
     else:
-        rope = RotaryEmbedding(args.dim or 64, max(args.seq_len, 1), args.base or 10000.0, **common)
+        # the standard table does not depend on max_position_embeddings: the default, whatever --seq-len asks
+        rope = RotaryEmbedding(args.dim or 64, base=args.base or 10000.0, **common)
         what = "standard rope"
     cos, sin = rope.cos_sin(args.seq_len, args.dtype)
     rows, cols = min(args.rows, args.seq_len), min(args.cols, rope.dim)
@@ -461,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (PlotUnavailableError, *INPUT_ERRORS) as exc:
+    except (PlotUnavailableError, MemoryError, *INPUT_ERRORS) as exc:
         print(f"ropeflow {args.command}: error: {_one_line(exc, hasattr(args, 'precision'))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

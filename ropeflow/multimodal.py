@@ -27,7 +27,9 @@ from ._interop import from_native, to_native
 ADVANCES = ("spatial", "max")
 
 
-def _host_ints(value: Any, name: str, ndim: tuple[int, ...]) -> np.ndarray:
+def _host_array(value: Any, name: str, ndim: tuple[int, ...]) -> np.ndarray:
+    """``value`` (array, tensor or nested lists) as a host NumPy array of ``ndim`` dimensions; an empty list
+    gives an empty int64 array (NumPy would make it float64)."""
     native = to_native(value, name)[0]
     if type(native).__module__.startswith("cupy"):
         native = native.get()
@@ -37,19 +39,47 @@ def _host_ints(value: Any, name: str, ndim: tuple[int, ...]) -> np.ndarray:
         arr = np.asarray(native)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name}: expected an integer array, got {value!r} ({exc})") from None
+    if arr.size == 0 and arr.dtype == np.float64 and not isinstance(native, np.ndarray):
+        arr = arr.astype(np.int64)  # [] or [[]]: no values, so no dtype of their own
+    if arr.ndim not in ndim:
+        raise ValueError(f"{name}: expected {' or '.join(f'{n}-D' for n in ndim)}, got shape {arr.shape}")
+    return arr
+
+
+def _host_ints(value: Any, name: str, ndim: tuple[int, ...]) -> np.ndarray:
+    """``value`` as a host int64 array of ``ndim`` dimensions (bool counts as 0/1; unsigned values past
+    int64 are refused, not wrapped)."""
+    arr = _host_array(value, name, ndim)
     if arr.dtype.kind == "b":
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
-    if arr.ndim not in ndim:
-        raise ValueError(f"{name}: expected {' or '.join(f'{n}-D' for n in ndim)}, got shape {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: values must be below 2**63, got {int(arr.max())}")
     return arr.astype(np.int64)
+
+
+def _host_mask(value: Any, n_batch: int, n_seq: int) -> np.ndarray:
+    """``attention_mask`` as a ``(n_batch, n_seq)`` bool array: nonzero marks a real token (transformers'
+    ``attention_mask.bool()``), for bool, integer and float masks; NaN is refused."""
+    arr = _host_array(value, "attention_mask", (1, 2))
+    arr = arr[None] if arr.ndim == 1 else arr
+    if arr.shape != (n_batch, n_seq):
+        raise ValueError(f"attention_mask: expected shape {(n_batch, n_seq)} like token_types, got {arr.shape}")
+    if arr.dtype.kind == "f":
+        if np.isnan(arr).any():
+            raise ValueError("attention_mask: NaN is neither a real token (nonzero) nor padding (0)")
+    elif arr.dtype.kind not in "biu":
+        raise TypeError(f"attention_mask: expected a bool, integer or float array, got dtype {arr.dtype}")
+    return arr != 0
 
 
 def _grids(value: Any, name: str, merge: int) -> np.ndarray:
     if value is None:
         return np.zeros((0, 3), np.int64)
     grids = _host_ints(value, name, (1, 2))
+    if grids.size == 0:  # [] (or shape (0, 3)): no grids
+        return np.zeros((0, 3), np.int64)
     if grids.ndim == 1:
         grids = grids[None]
     if grids.shape[1] != 3:
@@ -168,11 +198,7 @@ def mrope_position_ids(
     if attention_mask is None:
         mask = np.ones((n_batch, n_seq), bool)
     else:
-        mask = _host_ints(attention_mask, "attention_mask", (1, 2))
-        mask = mask[None] if mask.ndim == 1 else mask
-        if mask.shape != (n_batch, n_seq):
-            raise ValueError(f"attention_mask: expected shape {(n_batch, n_seq)} like token_types, got {mask.shape}")
-        mask = mask != 0
+        mask = _host_mask(attention_mask, n_batch, n_seq)
 
     position_ids = np.zeros((3, n_batch, n_seq), np.int64)
     deltas = np.zeros(n_batch, np.int64)

@@ -77,7 +77,8 @@ def check_cu_seqlens(cu_seqlens: Any, n_tokens: int | None = None) -> np.ndarray
 
 def check_seq_offsets(offset: Any, n_seqs: int) -> np.ndarray:
     """Per-sequence offsets for a packed batch as a host int64 array ``(n_seqs,)``: an int (the same for every
-    sequence) or an integer array of shape ``(n_seqs,)``, each >= 0. A ValueError/TypeError naming ``offset``."""
+    sequence; a 0-d integer array too) or an integer array of shape ``(n_seqs,)``, each >= 0. A
+    ValueError/TypeError naming ``offset``."""
     if _is_int(offset):
         if offset < 0:
             raise ValueError(f"offset: positions must be >= 0, got offset={int(offset)}")
@@ -88,6 +89,8 @@ def check_seq_offsets(offset: Any, n_seqs: int) -> np.ndarray:
         raise TypeError(f"offset: expected an int or an integer array of shape (n_seqs,) = ({n_seqs},), got "
                         f"{offset!r}")
     offsets = _host_integers(offset, "offset")
+    if offsets.ndim == 0:  # a 0-d integer array (e.g. torch.tensor(5)): one offset for every sequence
+        offsets = np.full(n_seqs, offsets, np.int64)
     if offsets.shape != (n_seqs,):
         raise ValueError(f"offset: with cu_seqlens expected an int or shape (n_seqs,) = ({n_seqs},), got shape "
                          f"{offsets.shape}")
@@ -145,7 +148,7 @@ def positions_from_cu_seqlens(cu_seqlens: Any, offset: Any = 0) -> Any:
         (flash-attention's ``cu_seqlens``): non-decreasing, first entry 0, last entry the token count. A list,
         a NumPy, CuPy or torch array (CPU, or CUDA through CuPy).
     offset: where each sequence's positions start (KV-cache decoding, chunked prefill): an int for all, or an
-        integer array ``(n_seqs,)``.
+        integer array ``(n_seqs,)`` (a 0-d integer array counts as the int).
 
     Token ``t`` of sequence ``i`` gets ``offset[i] + t - cu_seqlens[i]``. The result is in the library and on
     the device of ``cu_seqlens`` (NumPy for a list). Computed without a Python loop over sequences.

@@ -347,7 +347,7 @@ class RotaryEmbedding:
             ids, longest = ids_and_longest(ids)
         self._check_reference_positions(longest, "position_ids")
         dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
-        cos, sin = self._serve(backend, _xp.device_key(x), longest, dtype_name, xp_ns, dtype)
+        cos, sin = self._serve(backend, _xp.device_key(x), longest, dtype_name, xp_ns, dtype, name="position_ids")
         with _xp.device_scope(x):
             if ids.ndim == 3:
                 n_batch, n_seq = int(ids.shape[1]), int(ids.shape[2])
@@ -461,7 +461,7 @@ class RotaryEmbedding:
         self._check_reference_positions(longest, name)
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
         cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, _xp.namespace(q),
-                               _xp.numpy_dtype(table_dtype))
+                               _xp.numpy_dtype(table_dtype), name=name)
         if out is not None:  # torch (and CuPy) views of the cached tables are writeable: not into them
             for name, o in (("out[0] (q_out)", q_out), ("out[1] (k_out)", k_out)):
                 if o is not None and (shares_memory(o, cos) or shares_memory(o, sin)):
@@ -621,9 +621,18 @@ class RotaryEmbedding:
             rows -= self._tables.pop(k).capacity
 
     def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any,
-               origin: Any = None) -> tuple[Any, Any]:
+               origin: Any = None, name: str = "seq_len") -> tuple[Any, Any]:
         """``(cos, sin)`` for ``seq_len`` positions (in the ``origin``'s library when given); a call that raises
-        changes no state."""
+        changes no state. ``name``: the argument that asked for ``seq_len`` positions, named by the
+        MemoryError of a table too large to allocate."""
+        try:
+            return self._serve_or_raise(backend, device, seq_len, dtype_name, xp, xp_dtype, origin)
+        except MemoryError as exc:
+            raise MemoryError(f"{name}: {exc}") from None
+
+    def _serve_or_raise(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any,
+                        origin: Any) -> tuple[Any, Any]:
+        """:meth:`_serve` without the name on its MemoryError."""
         fixed_key = (backend.name, device, dtype_name)
         table = self._fixed.get(fixed_key)
         if table is not None and seq_len <= table.limit:

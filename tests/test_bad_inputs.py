@@ -175,8 +175,15 @@ def test_exact_huge_length_leaves_no_trace():
             with pytest.raises(MemoryError, match="seq_len"):
                 rope.cos_sin(2**40)
             # past the address space NumPy refuses the size itself ("array is too big"): the same error
-            with pytest.raises(MemoryError, match=r"^seq_len: 4611686018427387905 positions need two"):
-                rope.apply(np.ones((1, 1, 4, rope.dim), np.float32), position_ids=np.array([0, 1, 2, 2**62]))
+            # each error names the argument that asked for the positions
+            x = np.ones((1, 1, 4, rope.dim), np.float32)
+            need = r"4611686018427387905 positions \(0 \.\. 4611686018427387904\) need two"
+            with pytest.raises(MemoryError, match=rf"^position_ids: {need}"):
+                rope.apply(x, position_ids=np.array([0, 1, 2, 2**62]))
+            with pytest.raises(MemoryError, match=rf"^position_ids: {need}"):
+                rope(x, position_ids=np.array([0, 1, 2, 2**62]))
+            with pytest.raises(MemoryError, match=r"^offset: 4611686018427387908 positions"):
+                rope.apply(x, offset=2**62)
             assert (instance_state(rope), registry_state()) == before
         cos, _ = rope.cos_sin(20)
         assert np.isfinite(cos).all()

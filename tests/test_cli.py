@@ -75,6 +75,9 @@ BAD = {
     "tables --preset deepseek-v3 --config x.json": "--config",
     "tables --config missing/config.json": "missing/config.json",
     "tables --seq-len 16777217": "seq_len",
+    # too large to allocate: one line naming seq_len, not a traceback or max_position_embeddings
+    "tables --seq-len 100000000000000000000 --precision exact": "seq_len: 100000000000000000000 positions",
+    "tables --preset llama-3.1-8b --seq-len 100000000000000000000 --precision exact": "seq_len: 1",
     "demo --seq-len 0": "--seq-len",
     "demo --dim 63": "--dim",
     "demo --seq-len x": "--seq-len",

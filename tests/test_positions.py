@@ -335,7 +335,27 @@ def test_mrope_position_ids_padding_and_text_only():
     assert deltas.tolist() == [-2, 0]
 
 
+def test_mrope_position_ids_float_and_bool_masks_and_empty_lists():
+    """A float or bool attention_mask means what transformers' ``attention_mask.bool()`` means (a float one was
+    refused); empty lists are no tokens and no grids (``[]`` was called a float64 array)."""
+    types = np.array([[0, 0, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0, 0]])
+    mask = np.array([[1, 1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1, 1]])
+    want = mrope_position_ids(types, [[1, 4, 4]], attention_mask=mask)
+    for same in (mask.astype(np.float32), mask.astype(bool), mask.tolist(), mask * 3):
+        for got, expected in zip(mrope_position_ids(types, [[1, 4, 4]], attention_mask=same), want, strict=True):
+            np.testing.assert_array_equal(got, expected)
+    ids, deltas = mrope_position_ids([])
+    assert ids.shape == (3, 1, 0) and ids.dtype == np.int64 and deltas.tolist() == [0]
+    ids, deltas = mrope_position_ids([0, 0, 0], image_grid_thw=[], video_grid_thw=np.zeros((0, 3), np.int64))
+    np.testing.assert_array_equal(ids[:, 0], np.broadcast_to(np.arange(3), (3, 3)))
+
+
 MM_CASES = [
+    # unsigned values past int64 were shown (and checked) wrapped to negative ones
+    ("token_types", dict(token_types=np.array([0, 2**63], np.uint64))),
+    ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=np.array([[1, 2**64 - 1, 2]], np.uint64))),
+    ("attention_mask", dict(token_types=[0, 0], attention_mask=[1.0, float("nan")])),
+    ("attention_mask", dict(token_types=[0, 0], attention_mask=["1", "0"])),
     ("token_types", dict(token_types=[0, 3, 1])),
     ("token_types", dict(token_types=[[0.0, 1.0]])),
     ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=None)),
@@ -543,3 +563,31 @@ def test_from_hf_config_bad_mrope_section_is_named(section):
     cfg = {**QWEN2_VL_TOP, "rope_scaling": {"type": "mrope", "mrope_section": section}}
     with pytest.raises((TypeError, ValueError), match=r"^config: mrope_section"):
         RotaryEmbedding.from_hf_config(cfg)
+
+
+def test_zero_dimensional_offset_is_one_offset_for_every_row():
+    """A 0-d integer array offset (``torch.tensor(5)``, ``np.int64`` arrays from reductions) means what the int
+    means, in apply, in packed batches and in positions_from_cu_seqlens (it was refused by shape)."""
+    rng = np.random.default_rng(11)
+    rope = RotaryEmbedding(16, 64, 10000.0)
+    q = rng.standard_normal((2, 3, 4, 16)).astype(np.float32)
+    k = rng.standard_normal((2, 1, 4, 16)).astype(np.float32)
+    offsets = [np.array(5), np.array(5, np.uint8), np.int64(5)]
+    try:
+        import torch
+    except ImportError:  # the NumPy cases still run
+        pass
+    else:
+        offsets.append(torch.tensor(5))
+    for offset in offsets:
+        for got, want in zip(rope.apply(q, k, offset=offset), rope.apply(q, k, offset=5), strict=True):
+            np.testing.assert_array_equal(got, want)
+        cu = np.array([0, 3, 7])
+        np.testing.assert_array_equal(positions_from_cu_seqlens(cu, offset=offset), [5, 6, 7, 5, 6, 7, 8])
+        packed = rng.standard_normal((7, 2, 16)).astype(np.float32)
+        np.testing.assert_array_equal(rope.apply(packed, cu_seqlens=cu, offset=offset, seq_axis=-3)[0],
+                                      rope.apply(packed, cu_seqlens=cu, offset=5, seq_axis=-3)[0])
+    with pytest.raises(ValueError, match=r"^offset: positions must be >= 0"):
+        rope.apply(q, k, offset=np.array(-1))
+    with pytest.raises(ValueError, match=r"^offset: positions must be >= 0"):
+        positions_from_cu_seqlens(np.array([0, 3]), offset=np.array(-1))
