@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._interop import mark_torch_written
+from ._interop import inference_tensor_outside_inference_mode, mark_torch_written
 from ._xp import _dtype_names, overlaps_itself
 from .apply import LAYOUTS, MAX_POSITION, positions_apart
 
@@ -290,6 +290,8 @@ def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, 
     if out is not None:  # in place, on the tensors' own memory: the caller's tensors are the results
         if type(out) is not tuple or len(out) != 2 or out[0] is not q or out[1] is not k:
             return None
+        if inference_tensor_outside_inference_mode(q) or (k is not None and inference_tensor_outside_inference_mode(k)):
+            return None  # the general path names it
         done = host_apply(rope, q_np, k_np, position_ids, offset, layout, seq_axis, (q_np, k_np))
         if done is None:
             return None

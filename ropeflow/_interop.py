@@ -196,15 +196,26 @@ def mark_torch_written(tensors: tuple[Any, ...]) -> None:
             torch._C._increment_version(t)
 
 
+def inference_tensor_outside_inference_mode(t: Any) -> bool:
+    """Whether ``t`` (a torch tensor) is an inference tensor while inference mode is off: torch refuses its
+    own in-place operations on it then, and so does ropeflow (it would write through a NumPy or CuPy view)."""
+    return bool(t.is_inference()) and not sys.modules["torch"].is_inference_mode_enabled()
+
+
 def writable_native(out: Any, name: str = "out") -> Any:
     """The native view of an ``out=`` array that is not a NumPy array (see :func:`to_native`), refusing
     what ropeflow cannot write into: immutable JAX arrays, and torch negative-bit or conjugate views (NumPy and
     CuPy cannot view them; :func:`torch_to_native` would hand back a resolved copy, and the results would
     never reach the caller's tensor)."""
-    if library_of(out) == "torch" and (out.is_neg() or out.is_conj()):
-        raise TypeError(f"{name}: a torch {'negative-bit' if out.is_neg() else 'conjugate'} view, which ropeflow "
-                        "cannot write through; pass a tensor without that bit (resolve_neg() and resolve_conj() make "
-                        "one) and copy the result back, or leave out=None and use the returned tensor")
+    if library_of(out) == "torch":
+        if out.is_neg() or out.is_conj():
+            raise TypeError(f"{name}: a torch {'negative-bit' if out.is_neg() else 'conjugate'} view, which ropeflow "
+                            "cannot write through; pass a tensor without that bit (resolve_neg() and resolve_conj() "
+                            "make one) and copy the result back, or leave out=None and use the returned tensor")
+        if inference_tensor_outside_inference_mode(out):
+            raise ValueError(f"{name}: a torch inference tensor (made under torch.inference_mode()), which torch "
+                             "allows no in-place update outside inference mode; call under torch.inference_mode(), "
+                             "or pass a normal tensor (clone() makes one)")
     native, origin = to_native(out, name)
     if origin is not None and origin.library == "jax":
         raise TypeError(f"{name}: JAX arrays are immutable; leave {name}=None and use the returned array")

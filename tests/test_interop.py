@@ -201,6 +201,30 @@ def test_out_refuses_tensors_that_cannot_be_written_through_a_view():
     assert np.array_equal(as_numpy(got), want)
 
 
+def test_out_refuses_inference_tensors_outside_inference_mode():
+    """torch forbids in-place updates of inference tensors outside ``torch.inference_mode()``; ropeflow wrote
+    them through NumPy views regardless (in place on the hot path too). Refused by name before writing;
+    inside inference mode they are written, with the same values as a normal tensor."""
+    rope = RotaryEmbedding(16, 64)
+    with torch.inference_mode():
+        q = random_tensor((1, 2, 3, 16), "float32", seed=14)
+        k = random_tensor((1, 1, 3, 16), "float32", seed=15)
+        q_out = torch.empty_like(q)
+    rope.apply(as_numpy(q.clone()))  # the table exists: in-place calls would take the hot path
+    q_before, k_before = q.clone(), k.clone()
+    with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): a torch inference tensor.*inference_mode"):
+        rope.apply(q, k, out=(q, k))
+    with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): a torch inference tensor"):
+        rope.apply(q.clone(), out=(q_out, None))
+    with pytest.raises(ValueError, match=r"^out: a torch inference tensor"):
+        apply_rotary(q, *rope.cos_sin(8), out=q)
+    assert torch.equal(q, q_before) and torch.equal(k, k_before)
+    want_q, want_k = rope.apply(as_numpy(q), as_numpy(k))
+    with torch.inference_mode():
+        rope.apply(q, k, out=(q, k))
+    assert np.array_equal(as_numpy(q), want_q) and np.array_equal(as_numpy(k), want_k)
+
+
 def test_out_refuses_tensors_whose_elements_share_memory():
     """An expanded tensor (stride 0) converts to a writeable NumPy view with shared elements: every head would
     write the same memory and only the last result would stay. Refused by name before writing, in place and
