@@ -105,6 +105,8 @@ def dtype_name(dtype: Any, parameter: str = "dtype") -> str:
     except (KeyError, TypeError):
         pass
     name = None
+    if dtype is None:  # np.dtype(None) is float64: a silent choice, not the caller's
+        raise TypeError(f"{parameter}: expected a dtype, got None; allowed: {', '.join(SUPPORTED_DTYPES)}")
     if isinstance(dtype, str):
         name = dtype
     else:

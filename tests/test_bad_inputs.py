@@ -129,7 +129,7 @@ def _instances() -> list[RotaryEmbedding]:
 
 
 SEQ_LENS = [("seq_len", v) for v in [-1, -(2**64), 2.0, 2.5, "8", True, False, [4], np.float32(3), 2**24 + 1]]
-DTYPES = [("dtype", v) for v in ["int8", "float128", "complex64", 5, "bf16", "float8", np.int32, object, "", "f"]]
+DTYPES = [("dtype", v) for v in ["int8", "float128", "complex64", 5, "bf16", "float8", np.int32, object, "", "f", None]]
 X_CASES = [("x", v) for v in [[[0.0, 1.0]], 3.0, "x", None, np.zeros(4, np.float32), np.zeros((2, 4), np.int32),
                               np.zeros((2, 4), np.complex64), np.zeros((2, 4), bool), np.zeros((2, 4), object)]]
 
