@@ -227,11 +227,11 @@ def test_inspect_deepseek(capsys: pytest.CaptureFixture[str]) -> None:
     assert rep["wavelength_shortest"] == pytest.approx(2 * math.pi, rel=1e-12)
     assert rep["wavelength_longest"] == pytest.approx(waves.max(), rel=1e-9)
     assert rep["wavelengths_beyond_original"] == int((waves > 4096).sum()) == 13
-    assert rep["layout"] == getattr(ropeflow.RotaryEmbedding.from_preset("deepseek-v3"), "layout", "half")
+    assert rep["layout"] == "deepseek"  # DeepSeek-V3's interleaved-to-halves rotation (rope_interleave=True)
     rc, text, _ = run_cli(["inspect", "deepseek-v3"], capsys)
     for line in ("rope type                 yarn", "original context          4096",
                  "extended context          163840", "softmax-scale multiplier  x 1.87385 (softmax scale 0.135234)",
-                 "beyond original context   13 of 32 wavelengths"):
+                 "beyond original context   13 of 32 wavelengths", "layout                    deepseek"):
         assert line in text
 
 

@@ -353,3 +353,41 @@ def test_dynamic_base_overflow_is_a_value_error_naming_seq_len():
     np.testing.assert_array_equal(rope.inv_freq, before[0])
     assert rope.cache_info() == before[1]
     np.testing.assert_array_equal(rope.cos_sin(1)[0], cos)
+
+
+#: presets whose model's whole config.json is in the corpus under another name
+_CORPUS_NAME = {"kimi-k2": "kimi-k2-instruct"}
+
+
+@pytest.mark.parametrize("preset", [p for p in ropeflow.presets.names()
+                                    if (DATA / f"{_CORPUS_NAME.get(p, p)}.json").exists()])
+def test_preset_reads_as_the_models_whole_config(preset):
+    """A preset (the rotary fields of a config.json) gives the embedding the model's whole config.json gives:
+    layout, sizes, scaling and tables, per layer type. The DeepSeek-V3 and Kimi-K2 presets had no
+    ``model_type``, so the model's ``"deepseek"`` layout never applied and they rotated as ``"half"``."""
+    whole = str(DATA / f"{_CORPUS_NAME.get(preset, preset)}.json")
+    types = ropeflow.layer_types(ropeflow.presets.load(preset))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Llama 4 Scout's empty llama3 band warns, the same for both
+        for layer_type in sorted(set(types)) if types else [None]:
+            kw = {} if layer_type is None else {"layer_type": layer_type}
+            a = RotaryEmbedding.from_preset(preset, backend="numpy", **kw)
+            b = RotaryEmbedding.from_hf_config(whole, backend="numpy", **kw)
+            assert (a.layout, a.dim, a.base, a.max_position_embeddings, a.scaling, a.attention_scaling) == \
+                (b.layout, b.dim, b.base, b.max_position_embeddings, b.scaling, b.attention_scaling), layer_type
+            for got, want in zip(a.cos_sin(64), b.cos_sin(64), strict=True):
+                np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("preset", ["deepseek-v3", "kimi-k2", "kimi-k2-0905"])
+def test_deepseek_presets_rotate_interleaved_pairs_into_halves(preset):
+    """DeepSeek-V3 and Kimi-K2 attention (transformers' ``rope_interleave=True``) pairs channels (2j, 2j + 1) and
+    writes them to (j, j + half): the "deepseek" layout, written out here with the tables' angles."""
+    rope = RotaryEmbedding.from_preset(preset, backend="numpy")
+    assert rope.layout == "deepseek"
+    x = np.random.default_rng(3).standard_normal((1, 1, 5, 64))
+    got, _ = rope.apply(x, offset=1000)
+    cos, sin = (np.asarray(t, np.float64)[1000:1005, :32] for t in rope.cos_sin(1005, "float64"))
+    even, odd = x[..., 0::2], x[..., 1::2]
+    want = np.concatenate([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
