@@ -149,6 +149,8 @@ def host_kernel_positions(position_ids: Any, offset: Any, n_batch: int, n_seq: i
     if position_ids is None:
         positions = host_starts(offset, n_batch)
         return None if positions is None else (positions, True)
+    if type(offset) is not int or offset != 0:  # both given: the general path refuses it
+        return None
     positions = host_ids(position_ids, n_batch, n_seq)
     return None if positions is None else (positions, False)
 
@@ -247,6 +249,8 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         return q_out, k_out
     if position_ids is None:
         rows = host_positions(offset, n_batch, n_seq)
+    elif type(offset) is not int or offset != 0:  # both given: the general path refuses it
+        return None
     else:
         rows = host_position_ids(position_ids, n_batch, n_seq)
     if rows is None:

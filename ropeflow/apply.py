@@ -19,7 +19,7 @@ import numpy as np
 from . import _xp
 from ._interop import from_native, mark_written, to_native, to_native_or_none, writable_native
 from .backends import resolve
-from .positions import integer_array
+from .positions import check_offset_unused, integer_array
 
 #: Positions are int64 table rows.
 MAX_POSITION = 2**63 - 1
@@ -86,6 +86,7 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
     Device (CuPy) ``position_ids`` are not read back to the host: ``longest`` is then None, and the kernel
     guards every position against the table length instead (see ``CupyBackend.check_errors``)."""
     name = "position_ids" if position_ids is not None else "offset"
+    check_offset_unused(position_ids, offset)
     if position_ids is not None:
         ids = integer_array(xp, position_ids, "position_ids")
         if ids.ndim == 1:

@@ -42,6 +42,15 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def check_offset_unused(position_ids: Any, offset: Any) -> None:
+    """A ValueError naming ``offset`` when both ``position_ids`` and an ``offset`` other than the default 0 are
+    given: the ids are the positions, so an offset would be dropped silently."""
+    if position_ids is not None and not (_is_int(offset) and offset == 0):
+        given = f"an array of shape {tuple(offset.shape)}" if hasattr(offset, "shape") else repr(offset)
+        raise ValueError(f"offset: pass either position_ids or offset (positions offset + arange(seq)), not both; "
+                         f"got offset {given} with position_ids")
+
+
 # --------------------------------------------------------------------------------------------- packed
 def _host_integers(value: Any, name: str) -> np.ndarray:
     """``value`` (a list, NumPy or CuPy array) as a host int64 array, or a TypeError naming ``name``."""

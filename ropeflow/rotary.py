@@ -41,7 +41,7 @@ from .apply import (
 )
 from .backends import BACKEND_NAMES, get_backend, resolve
 from .plan import ApplyPlan
-from .positions import check_mrope, check_position_ids3, compose_mrope, packed_positions
+from .positions import check_mrope, check_offset_unused, check_position_ids3, compose_mrope, packed_positions
 from .scaling import (
     DynamicScaling,
     Frequencies,
@@ -449,6 +449,7 @@ class RotaryEmbedding:
             elif _ndim(position_ids) == 3:
                 if self._mrope is None:
                     raise _mrope_ids_error(tuple(np.shape(position_ids)))
+                check_offset_unused(position_ids, offset)
                 ids3, longest = check_position_ids3(xp, position_ids, n_batch, n_seq)
                 name = "position_ids"
             else:

@@ -458,6 +458,30 @@ def test_apply_checks_k_before_building_tables():
     assert rope.cache_info()["builds"] == 0 and rope.max_seq_len_cached is None
 
 
+@pytest.mark.parametrize("offset", [5, -7, "junk", np.array([1]), np.int64(3)])
+def test_offset_with_position_ids_is_refused_not_dropped(offset):
+    """position_ids are the positions: an offset given with them was dropped without a word (apply_rotary(x,
+    cos, sin, ids, offset=5) rotated as offset 0), on every path. The default 0 stays accepted."""
+    rope = RotaryEmbedding(8, 64)
+    x = np.random.default_rng(2).standard_normal((1, 2, 3, 8)).astype(np.float32)
+    ids = np.arange(3)
+    rope.apply(x)  # the table exists: the hot path and the plan would take these calls
+    tables = rope.cos_sin(8)
+    message = r"^offset: pass either position_ids or offset .*not both"
+    with collector_paused():
+        before = instance_state(rope), registry_state()
+        for call in (lambda: rope.apply(x, x, ids, offset=offset), lambda: rope.plan(x, x)(x, x, ids, offset=offset),
+                     lambda: apply_rotary(x, *tables, ids, offset=offset),
+                     lambda: apply_rotary(x, *tables, ids, offset=offset, backend="numpy"),
+                     lambda: RotaryEmbedding(8, 64, mrope_section=[1, 1, 2]).apply(x, None, np.zeros((3, 1, 3), int),
+                                                                                  offset=offset)):
+            with pytest.raises(ValueError, match=message):
+                call()
+        assert (instance_state(rope), registry_state()) == before
+    for zero in (0, np.int64(0)):
+        np.testing.assert_array_equal(rope.apply(x, None, ids, offset=zero)[0], rope.apply(x, None, ids)[0])
+
+
 # ----------------------------------------------------------------------------------------- memory
 @pytest.mark.parametrize("policy", ["stateless", "reference", "hf"])
 def test_dynamic_instance_holds_at_most_twice_the_longest(policy):
