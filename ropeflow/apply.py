@@ -178,7 +178,8 @@ def apply_rotary(
         ``offset`` (an int, or ``(n_seqs,)`` integers): see :func:`ropeflow.positions_from_cu_seqlens`.
     layout: ``"half"``, ``"interleaved"`` or ``"deepseek"`` (see the module docstring).
     rotary_dim: channels to rotate (default ``cos.shape[-1]``); the rest are copied through.
-    inverse: rotate by ``-angle`` (undoes a forward rotation).
+    inverse: rotate by ``-angle``: undoes a forward rotation of the same layout (for ``"deepseek"`` the
+        halves go back to the interleaved pairs they came from).
     out: destination of ``x``'s shape and dtype, writeable, no two of its elements sharing memory (a broadcast
         or expanded view is refused); ``out=x`` rotates in place. An ``out`` that partly overlaps ``x`` is
         computed as if ``x`` had been copied first.
@@ -228,6 +229,11 @@ class RotaryJob:
     def run(self, other: RotaryJob | None = None) -> None:
         """Run this job, and ``other`` (same tables, positions and layout) in the same launch where the
         backend can (numba and cupy: one launch for q and k)."""
+        if self.inverse and self.layout == "deepseek":
+            self._run_deepseek_inverse()
+            if other is not None:
+                other.run()
+            return
         b = self.backend
         fused = other is not None and other.x4.shape[0] == self.x4.shape[0] \
             and other.x4.shape[2] == self.x4.shape[2] and other.x4.dtype == self.x4.dtype
@@ -238,6 +244,19 @@ class RotaryJob:
         b.apply(self.x4, self.out4, self.cos, self.sin, self.positions, self.layout, self.rotary_dim, self.inverse)
         if other is not None:
             other.run()
+
+
+    def _run_deepseek_inverse(self) -> None:
+        """The inverse of a "deepseek" rotation, which took pairs ``(2j, 2j + 1)`` to ``(j, j + half)``: the
+        "half" inverse rotation of the halves, written back to the pairs they came from. The arithmetic is the
+        "half" kernel's (float64, rounded once); the scatter copies values."""
+        halves = _xp.array_module(self.x4).empty_like(self.x4)
+        self.backend.apply(self.x4, halves, self.cos, self.sin, self.positions, "half", self.rotary_dim, True)
+        r, h = self.rotary_dim, self.rotary_dim // 2
+        self.out4[..., 0:r:2] = halves[..., :h]
+        self.out4[..., 1:r:2] = halves[..., h:r]
+        if r < self.x4.shape[-1]:
+            self.out4[..., r:] = halves[..., r:]
 
 
 def check_tables(x: Any, cos: Any, sin: Any) -> tuple[Any, Any]:

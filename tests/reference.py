@@ -72,7 +72,8 @@ def apply_naive(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.n
                 rotary_dim: int, inverse: bool = False) -> np.ndarray:
     """Loop over (batch, head, seq, pair) of a (B, H, S, D) array; returns float64. DESIGN 1.4 written out:
     half pairs (j, j + half) in place; interleaved pairs (2j, 2j + 1) in place; deepseek pairs (2j, 2j + 1)
-    written to (j, j + half). Channels past rotary_dim pass through."""
+    written to (j, j + half), and with ``inverse`` (j, j + half) written back to (2j, 2j + 1). Channels past
+    rotary_dim pass through."""
     n_b, n_h, n_s, _ = x.shape
     half = rotary_dim // 2
     out = x.astype(np.float64)
@@ -88,6 +89,8 @@ def apply_naive(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions: np.n
                         i1, i2, o1, o2 = j, j + half, j, j + half
                     elif layout == "interleaved":
                         i1, i2, o1, o2 = 2 * j, 2 * j + 1, 2 * j, 2 * j + 1
+                    elif inverse:  # deepseek undone: the halves go back to the pairs they came from
+                        i1, i2, o1, o2 = j, j + half, 2 * j, 2 * j + 1
                     else:
                         i1, i2, o1, o2 = 2 * j, 2 * j + 1, j, j + half
                     x1, x2 = float(row[i1]), float(row[i2])
