@@ -25,6 +25,7 @@ The M-RoPE composition is transformers' (``Qwen2VLRotaryEmbedding.recomposition_
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,10 +172,18 @@ def positions_from_cu_seqlens(cu_seqlens: Any, offset: Any = 0) -> Any:
     cu = check_cu_seqlens(native)
     offsets = check_seq_offsets(offset, cu.shape[0] - 1)
     _longest(cu, offsets)
-    if _xp.is_cupy(native):
-        with _xp.device_scope(native):
-            return from_native(_packed_rows(_xp.cupy_module(), cu, offsets), origin)
-    return from_native(_packed_rows(np, cu, offsets), origin)
+    total = int(cu[-1])
+    too_large = MemoryError(f"cu_seqlens: {total} tokens (its last entry) need a ({total},) int64 array "
+                            f"({total * 8 / 2**30:.3g} GiB), more than this machine can allocate")
+    if total > sys.maxsize // 8:  # past the address space: NumPy's arange would even return an empty array
+        raise too_large
+    try:
+        if _xp.is_cupy(native):
+            with _xp.device_scope(native):
+                return from_native(_packed_rows(_xp.cupy_module(), cu, offsets), origin)
+        return from_native(_packed_rows(np, cu, offsets), origin)
+    except MemoryError:
+        raise too_large from None
 
 
 # --------------------------------------------------------------------------------------------- M-RoPE

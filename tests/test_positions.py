@@ -591,3 +591,11 @@ def test_zero_dimensional_offset_is_one_offset_for_every_row():
         rope.apply(q, k, offset=np.array(-1))
     with pytest.raises(ValueError, match=r"^offset: positions must be >= 0"):
         positions_from_cu_seqlens(np.array([0, 3]), offset=np.array(-1))
+
+
+def test_cu_seqlens_too_large_to_allocate_is_named():
+    """A last entry past what can be allocated: NumPy's arange returned an empty array past the address space
+    (a silent wrong answer) and an unnamed MemoryError below it."""
+    for cu in ([0, 2**62, 2**63 - 1], [0, 10**12]):
+        with pytest.raises(MemoryError, match=rf"^cu_seqlens: {cu[-1]} tokens \(its last entry\) need"):
+            positions_from_cu_seqlens(cu)
