@@ -347,14 +347,17 @@ class RotaryEmbedding:
             ids, longest = ids_and_longest(ids)
         self._check_reference_positions(longest, "position_ids")
         dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
-        cos, sin = self._serve(backend, _xp.device_key(x), longest, dtype_name, xp_ns, dtype, name="position_ids")
-        with _xp.device_scope(x):
-            if ids.ndim == 3:
-                n_batch, n_seq = int(ids.shape[1]), int(ids.shape[2])
-                cos = compose_mrope(xp, cos, ids, self._mrope).reshape(n_batch, n_seq, self.dim)
-                sin = compose_mrope(xp, sin, ids, self._mrope).reshape(n_batch, n_seq, self.dim)
-            else:
-                cos, sin = gather_rows(xp, cos, ids), gather_rows(xp, sin, ids)
+
+        def per_position(cos: Any, sin: Any) -> tuple[Any, Any]:
+            with _xp.device_scope(x):
+                if ids.ndim == 3:
+                    n_batch, n_seq = int(ids.shape[1]), int(ids.shape[2])
+                    return (compose_mrope(xp, cos, ids, self._mrope).reshape(n_batch, n_seq, self.dim),
+                            compose_mrope(xp, sin, ids, self._mrope).reshape(n_batch, n_seq, self.dim))
+                return gather_rows(xp, cos, ids), gather_rows(xp, sin, ids)
+
+        cos, sin = self._serve(backend, _xp.device_key(x), longest, dtype_name, xp_ns, dtype, name="position_ids",
+                               finish=per_position)
         return from_native(cos, origin), from_native(sin, origin)
 
     def _check_reference_positions(self, longest: int, name: str) -> None:
@@ -461,16 +464,21 @@ class RotaryEmbedding:
                 raise ValueError("position_ids: positions must be >= 0")
         self._check_reference_positions(longest, name)
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
+        def checked(cos: Any, sin: Any) -> tuple[Any, Any]:
+            if out is not None:  # torch (and CuPy) views of the cached tables are writeable: not into them
+                for out_name, o in (("out[0] (q_out)", q_out), ("out[1] (k_out)", k_out)):
+                    if o is not None and (shares_memory(o, cos) or shares_memory(o, sin)):
+                        raise ValueError(f"{out_name}: shares memory with the cached cos/sin tables (a view of "
+                                         "rope(...) or cos_sin(...)); pass a separate array")
+            if ids3 is None:
+                return cos, sin
+            with _xp.device_scope(q):  # M-RoPE: per-token tables, row b * seq + s for token (b, s)
+                return compose_mrope(xp, cos, ids3, self._mrope), compose_mrope(xp, sin, ids3, self._mrope)
+
         cos, sin = self._serve(backend, _xp.device_key(q), longest, table_dtype, _xp.namespace(q),
-                               _xp.numpy_dtype(table_dtype), name=name)
-        if out is not None:  # torch (and CuPy) views of the cached tables are writeable: not into them
-            for name, o in (("out[0] (q_out)", q_out), ("out[1] (k_out)", k_out)):
-                if o is not None and (shares_memory(o, cos) or shares_memory(o, sin)):
-                    raise ValueError(f"{name}: shares memory with the cached cos/sin tables (a view of rope(...) "
-                                     "or cos_sin(...)); pass a separate array")
-        if ids3 is not None:  # M-RoPE: per-token tables, row b * seq + s for token (b, s)
+                               _xp.numpy_dtype(table_dtype), name=name, finish=checked)
+        if ids3 is not None:
             with _xp.device_scope(q):
-                cos, sin = compose_mrope(xp, cos, ids3, self._mrope), compose_mrope(xp, sin, ids3, self._mrope)
                 positions = xp.arange(n_batch * n_seq, dtype=np.int64).reshape(n_batch, n_seq)
         if out is not None:
             positions = positions_apart(positions, q_out, k_out)
@@ -622,22 +630,25 @@ class RotaryEmbedding:
             rows -= self._tables.pop(k).capacity
 
     def _serve(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any,
-               origin: Any = None, name: str = "seq_len") -> tuple[Any, Any]:
-        """``(cos, sin)`` for ``seq_len`` positions (in the ``origin``'s library when given); a call that raises
-        changes no state. ``name``: the argument that asked for ``seq_len`` positions, named by the
-        MemoryError of a table too large to allocate."""
+               origin: Any = None, name: str = "seq_len", finish: Any = None) -> Any:
+        """``(cos, sin)`` for ``seq_len`` positions (in the ``origin``'s library when given), or what
+        ``finish(cos, sin)`` makes of them (per-position gathers, checks against the tables): it runs before
+        anything is committed, so that a call that raises, there or here, changes no state. ``name``: the
+        argument that asked for ``seq_len`` positions, named by the MemoryError of a table too large to
+        allocate."""
         try:
-            return self._serve_or_raise(backend, device, seq_len, dtype_name, xp, xp_dtype, origin)
+            return self._serve_or_raise(backend, device, seq_len, dtype_name, xp, xp_dtype, origin, finish)
         except MemoryError as exc:
             raise MemoryError(f"{name}: {exc}") from None
 
     def _serve_or_raise(self, backend: Any, device: Any, seq_len: int, dtype_name: str, xp: Any, xp_dtype: Any,
-                        origin: Any) -> tuple[Any, Any]:
+                        origin: Any, finish: Any) -> Any:
         """:meth:`_serve` without the name on its MemoryError."""
         fixed_key = (backend.name, device, dtype_name)
         table = self._fixed.get(fixed_key)
         if table is not None and seq_len <= table.limit:
-            return table.get(seq_len, dtype_name, xp_dtype, xp, origin)
+            result = table.get(seq_len, dtype_name, xp_dtype, xp, origin)
+            return result if finish is None else finish(*result)
         if self.precision == "reference" and seq_len > REFERENCE_MAX_POSITIONS:
             raise ValueError(
                 f"seq_len: reference precision computes positions in float32, exact only below 2**24; got "
@@ -647,6 +658,8 @@ class RotaryEmbedding:
             freqs, exact_len, row_limit, state = self._plan(seq_len)
             key, table = self._table(backend, device, freqs, exact_len, row_limit, self._storage_dtype(dtype_name))
             result = table.get(seq_len, dtype_name, xp_dtype, xp, origin)  # may raise: nothing committed yet
+            if finish is not None:
+                result = finish(*result)  # may raise too
             publish(table)
             self._keep(key, table, seq_len)
             for name, value in state.items():

@@ -482,6 +482,20 @@ def test_offset_with_position_ids_is_refused_not_dropped(offset):
         np.testing.assert_array_equal(rope.apply(x, None, ids, offset=zero)[0], rope.apply(x, None, ids)[0])
 
 
+def test_per_position_tables_too_large_leave_no_trace():
+    """``rope(x, position_ids=...)`` gathers a row per id: an allocation that fails there (NumPy's unnamed
+    MemoryError) came after the dynamic policy's state was committed. It now names position_ids and leaves
+    the state as it was."""
+    rope = RotaryEmbedding(8, 64, scaling=DYN, dynamic_policy="hf")
+    x = np.ones((1, 1, 10, 8), np.float32)
+    rope(np.ones((1, 1, 100, 8), np.float32))
+    with collector_paused():
+        before = instance_state(rope), registry_state()
+        with pytest.raises(MemoryError, match=r"^position_ids: "):
+            rope(x, position_ids=np.broadcast_to(np.arange(10), (10**9, 10)))
+        assert (instance_state(rope), registry_state()) == before
+
+
 # ----------------------------------------------------------------------------------------- memory
 @pytest.mark.parametrize("policy", ["stateless", "reference", "hf"])
 def test_dynamic_instance_holds_at_most_twice_the_longest(policy):

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_bad_inputs import collector_paused, instance_state, registry_state
 
 from ropeflow import RotaryEmbedding, apply_rotary
 
@@ -258,6 +259,21 @@ def test_out_refuses_the_cached_tables():
         with pytest.raises(ValueError, match=r"^out\[1\] \(k_out\): shares memory with the cached cos/sin"):
             rope.apply(q, q, out=(torch.empty_like(q), table.view(1, 1, 16, 32)))
     assert torch.equal(cos, before[0]) and torch.equal(sin, before[1])
+
+
+@pytest.mark.parametrize("policy", ["stateless", "hf"])  # "reference" keeps the scaled table: no overlap
+def test_refused_table_view_out_leaves_the_dynamic_state(policy):
+    """The check of ``out`` against the tables ran after the tables were served: the refused call had already
+    committed the dynamic policy's state (transformers' policy reset to the base frequencies). It now runs
+    before anything is committed."""
+    rope = RotaryEmbedding(8, 64, scaling={"type": "dynamic", "factor": 2.0}, dynamic_policy=policy)
+    view, _ = rope(torch.ones(1, 1, 10, 8))
+    rope(torch.ones(1, 1, 100, 8))
+    with collector_paused():
+        before = instance_state(rope), registry_state()
+        with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): shares memory with the cached cos/sin"):
+            rope.apply(torch.ones(1, 1, 10, 8), out=(view.view(1, 1, 10, 8), None))
+        assert (instance_state(rope), registry_state()) == before
 
 
 def test_clear_errors_for_tensors_that_cannot_come_in():
