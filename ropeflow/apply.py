@@ -128,6 +128,8 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
                 offsets = xp.broadcast_to(offsets, (n_batch,))
             if offsets.ndim != 1 or offsets.shape[0] != n_batch:
                 raise ValueError(f"offset: expected shape (batch,) = ({n_batch},), got {tuple(offsets.shape)}")
+            if n_batch == 0:  # no rows, no positions
+                return xp.zeros((0, n_seq), dtype=np.int64), 0
             lo, hi = int(offsets.min()), int(offsets.max())
             if lo < 0:
                 raise ValueError(f"offset: positions must be >= 0, got a smallest position of {lo}")

@@ -315,3 +315,19 @@ def test_q_and_k_in_one_launch_with_different_heads_and_dims(backend, seq_axis, 
             x4 = x if seq_axis == -2 else x.transpose(0, 2, 1, 3)
             g4 = got if seq_axis == -2 else got.transpose(0, 2, 1, 3)
             _check_against_naive(g4, x4, cos, sin, pos, "half", 64)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_empty_batch_with_an_offset_array(backend):
+    """Batch 0 with its (0,) offsets is a valid call with nothing to rotate (NumPy's "zero-size array to
+    reduction operation" escaped from the offsets' minimum); (0, seq) position_ids already worked."""
+    rope = RotaryEmbedding(8, 64)
+    cos, sin = rope.cos_sin(64)
+    x0 = np.ones((0, 2, 3, 8), np.float32)
+    offsets = np.zeros(0, np.int64)
+    assert apply_rotary(x0, cos, sin, offset=offsets, backend=backend).shape == x0.shape
+    rope = RotaryEmbedding(8, 64, backend=backend)
+    for call in (lambda: rope.apply(x0, x0, offset=offsets), lambda: rope.plan(x0, x0)(x0, x0, offset=offsets),
+                 lambda: rope.apply(x0, x0, offset=offsets, out=(x0, x0))):
+        q, k = call()
+        assert q.shape == k.shape == x0.shape
