@@ -170,8 +170,8 @@ def mrope_position_ids(
         raise ValueError(f"token_types: values must be 0 (text), 1 (image) or 2 (video), got "
                          f"{sorted(set(np.unique(types).tolist()) - {0, 1, 2})}")
     if isinstance(spatial_merge_size, bool) or not isinstance(spatial_merge_size, (int, np.integer)) \
-            or spatial_merge_size < 1:
-        raise ValueError(f"spatial_merge_size: expected an int >= 1, got {spatial_merge_size!r}")
+            or not 1 <= spatial_merge_size < 2**63:
+        raise ValueError(f"spatial_merge_size: expected an int >= 1 and below 2**63, got {spatial_merge_size!r}")
     merge = int(spatial_merge_size)
     if advance not in ADVANCES:
         raise ValueError(f"advance: expected one of {', '.join(map(repr, ADVANCES))}, got {advance!r}")
@@ -226,11 +226,12 @@ def mrope_position_ids(
                                      f"tokens than the {len(grids)} grid(s) given cover")
                 t, h, w = (int(v) for v in grids[queue[1]])
                 interval = queue[3][queue[1]]
-                ids = _vision_ids(current, t, h // merge, w // merge, interval)
-                if covered + ids.shape[1] > length:
-                    raise ValueError(f"{name}: grid {queue[1]} {[t, h, w]} needs {ids.shape[1]} tokens (t * h * w / "
+                needed = t * (h // merge) * (w // merge)  # Python ints: checked before anything is allocated
+                if covered + needed > length:
+                    raise ValueError(f"{name}: grid {queue[1]} {[t, h, w]} needs {needed} tokens (t * h * w / "
                                      f"{merge}**2) but token_types row {b} has a run of {length - covered} left at "
                                      f"token {start + covered}")
+                ids = _vision_ids(current, t, h // merge, w // merge, interval)
                 queue[1] += 1
                 pieces.append(ids)
                 covered += ids.shape[1]

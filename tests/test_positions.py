@@ -351,6 +351,10 @@ def test_mrope_position_ids_float_and_bool_masks_and_empty_lists():
 
 
 MM_CASES = [
+    # grids far larger than their run: NumPy's MemoryError ("Unable to allocate 8.00 TiB") before the check
+    ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=[[2**40, 2**40, 2**40]])),
+    ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=[[2**62, 2, 2]])),
+    ("spatial_merge_size", dict(token_types=[0], spatial_merge_size=2**70)),  # was an OverflowError
     # unsigned values past int64 were shown (and checked) wrapped to negative ones
     ("token_types", dict(token_types=np.array([0, 2**63], np.uint64))),
     ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=np.array([[1, 2**64 - 1, 2]], np.uint64))),
