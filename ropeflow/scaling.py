@@ -645,6 +645,9 @@ def as_inv_freq(value: Any, dim: int, precision: Precision = "reference") -> np.
     if isinstance(value, (str, bytes, Mapping)) or value is None:
         raise TypeError(f"inv_freq: expected an array of dim // 2 numbers, got {type(value).__name__}")
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, on any device
+        if getattr(value, "is_meta", False):
+            raise TypeError("inv_freq: a torch tensor on the meta device, which holds no values (a model built on "
+                            "device='meta' or with empty weights); pass the loaded buffer, or omit inv_freq")
         value = value.detach().cpu().float().numpy() if str(getattr(value, "dtype", "")) == "torch.bfloat16" \
             else value.detach().cpu().numpy()
     elif type(value).__module__.split(".")[0] == "cupy":

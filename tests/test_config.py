@@ -142,6 +142,14 @@ def test_inv_freq_override_errors(value, exc, match):
         RotaryEmbedding(64, inv_freq=value)
 
 
+def test_inv_freq_on_the_meta_device_is_named():
+    """A model built on torch's meta device holds inv_freq buffers without values: torch's own "Cannot copy
+    out of meta tensor" escaped, naming nothing."""
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"^inv_freq: a torch tensor on the meta device"):
+        RotaryEmbedding(64, inv_freq=torch.ones(32, device="meta"))
+
+
 # -------------------------------------------------------------------------------------------- layouts
 def test_layout_is_apply_default():
     rope = RotaryEmbedding.from_hf_config(DATA / "gpt-j-6b.json", backend="numpy")
