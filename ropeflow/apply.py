@@ -107,8 +107,8 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
         lo, hi = int(ids.min()), int(ids.max())  # exact in the ids' own dtype: no uint64 wrap-around
         if lo < 0:
             raise ValueError(f"{name}: positions must be >= 0, got a smallest position of {lo}")
-        if hi > MAX_POSITION:
-            raise ValueError(f"{name}: positions must be below 2**63, got a largest position of {hi}")
+        if hi >= MAX_POSITION:  # the table length, the largest position + 1, is an int64
+            raise ValueError(f"{name}: positions must be below 2**63 - 1, got a largest position of {hi}")
         pos = ids.astype(np.int64, copy=False)
         if pos.ndim == 1:
             pos = pos[None, :]  # (1, seq): every batch row reads row 0 (host kernels broadcast it)
@@ -118,7 +118,8 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             if lo < 0:
                 raise ValueError(f"offset: positions must be >= 0, got a smallest position of {lo}")
             if hi > MAX_POSITION - n_seq:
-                raise ValueError(f"offset: positions offset + arange(seq) must be below 2**63, got offset={hi}")
+                raise ValueError(f"offset: positions offset + arange(seq) must be below 2**63 - 1, got offset={hi} "
+                                 f"(largest position {hi + n_seq - 1})")
             pos = None
         else:
             if isinstance(offset, (bool, np.bool_, float, np.floating, str)):
@@ -134,7 +135,8 @@ def positions_of(xp: Any, position_ids: Any, offset: Any, n_batch: int, n_seq: i
             if lo < 0:
                 raise ValueError(f"offset: positions must be >= 0, got a smallest position of {lo}")
             if hi > MAX_POSITION - n_seq:
-                raise ValueError(f"offset: positions offset + arange(seq) must be below 2**63, got offset={hi}")
+                raise ValueError(f"offset: positions offset + arange(seq) must be below 2**63 - 1, got offset={hi} "
+                                 f"(largest position {hi + n_seq - 1})")
             pos = offsets.astype(np.int64, copy=False)[:, None] + xp.arange(n_seq, dtype=np.int64)[None, :]
         if n_seq == 0 or n_batch == 0:
             return xp.zeros((n_batch, n_seq), dtype=np.int64), 0

@@ -270,6 +270,8 @@ def integer_ids(xp: Any, position_ids: Any) -> Any:
 def integer_array(xp: Any, value: Any, name: str) -> Any:
     """``value`` as an integer array of ``xp``'s library (numpy or cupy; lists converted), or a TypeError
     naming ``name``."""
+    if isinstance(value, np.generic):  # a NumPy scalar: a 0-d array (its shape is then judged by the caller)
+        value = np.asarray(value)
     if not hasattr(value, "dtype"):
         if isinstance(value, (str, bytes)) or value is None:
             raise TypeError(f"{name}: expected an integer array, got {value!r}")

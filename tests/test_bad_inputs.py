@@ -202,7 +202,7 @@ APPLY_CASES = (
     + [("position_ids", v) for v in [np.array([0.0, 1.0, 2.0]), np.array([0, 1]), np.zeros((3, 3), np.int64),
                                      np.zeros((2, 3, 1), np.int64), np.array([0, -1, 2]), "012", [0.5, 1, 2],
                                      np.array([0, 1, 2**64 - 1], np.uint64), np.array([0, 1, 2**63], np.uint64),
-                                     np.array([True, False, True])]]
+                                     np.array([True, False, True]), np.int64(3)]]
     + [("offset", v) for v in [1.5, "3", True, np.float64(2.0), -1, 2**63, 2**64, -(2**70),
                                np.array([1, 2, 3]), np.array([1.0, 2.0]), np.array([[1, 2]]),
                                np.array([-5, 0]), np.array([2**63 - 2, 0], np.int64)]]
@@ -456,6 +456,30 @@ def test_apply_checks_k_before_building_tables():
     with pytest.raises(ValueError, match=r"^layout"):
         rope.apply(q, q, offset=100, layout="gptj")
     assert rope.cache_info()["builds"] == 0 and rope.max_seq_len_cached is None
+
+
+def test_messages_at_the_int64_limit_say_the_limit():
+    """At the int64 limit the messages named a table of sys.maxsize rows (a stand-in) and a bound of 2**63 that
+    the refused positions were below."""
+    rope = RotaryEmbedding(8, 64, precision="exact")
+    x = np.ones((1, 1, 3, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^position_ids: positions must be below 2\*\*63 - 1, got a largest "
+                                         r"position of 9223372036854775807$"):
+        rope.apply(x, None, np.array([2**63 - 1, 0, 1]))
+    for offset in (2**63 - 3, np.array([2**63 - 3])):
+        with pytest.raises(ValueError, match=r"^offset: .* must be below 2\*\*63 - 1, got offset=9223372036854775805 "
+                                             r"\(largest position 9223372036854775807\)$"):
+            rope.apply(x, offset=offset)
+
+
+def test_numpy_scalar_position_ids_are_judged_by_shape():
+    """A NumPy integer scalar as position_ids was called "a numpy array with numpy inputs; use one library"."""
+    rope = RotaryEmbedding(8, 64)
+    x = np.ones((1, 1, 1, 8), np.float32)
+    for call in (lambda: rope.apply(x, None, np.int64(3)), lambda: rope(x, position_ids=np.int64(3)),
+                 lambda: apply_rotary(x, *_tables(), np.int64(3))):
+        with pytest.raises(ValueError, match=r"^position_ids: expected shape \(seq,\) or \(batch, seq\), got \(\)"):
+            call()
 
 
 @pytest.mark.parametrize("offset", [5, -7, "junk", np.array([1]), np.int64(3)])
