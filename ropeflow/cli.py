@@ -63,7 +63,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 # ------------------------------------------------------------------------------------------ argument types
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_at_least(minimum: int, maximum: int | None = None, why: str = "") -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (and <= ``maximum``, for the reason ``why``)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -71,6 +72,8 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}{why}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
@@ -325,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Build a standard RoPE table on every backend that runs here, time it, check that the backends "
             "agree, and compare reference and exact precision with the float64 truth (the figures are "
             "explained in the output).")
-    p.add_argument("--seq-len", type=_int_at_least(1), default=163840, help="positions (rows of the table)")
+    p.add_argument("--seq-len", type=_int_at_least(1, 2**24, " (2**24: the demo times reference precision, whose "
+                                                     "float32 positions are exact up to there)"),
+                   default=163840, help="positions (rows of the table)")
     p.add_argument("--dim", type=_even_dim, default=64, help="rotary dimension (positive, even)")
     p.add_argument("--base", type=_base, default=10000.0, help="rope_theta (> 1)")
 

@@ -279,6 +279,8 @@ def integer_array(xp: Any, value: Any, name: str) -> Any:
             value = xp.asarray(value)
         except (TypeError, ValueError, OverflowError) as exc:
             raise TypeError(f"{name}: expected an integer array, got {value!r} ({exc})") from None
+        if value.size == 0 and value.dtype.kind == "f":  # [] or [[]]: no values, so no dtype of their own
+            value = value.astype(np.int64)
     elif _xp.is_numpy(value) != (xp is np):
         raise TypeError(f"{name}: a {type(value).__module__} array with {xp.__name__} inputs; use one library")
     if value.dtype.kind not in "iu":

@@ -472,6 +472,17 @@ def test_messages_at_the_int64_limit_say_the_limit():
             rope.apply(x, offset=offset)
 
 
+def test_empty_list_position_ids_for_an_empty_sequence():
+    """``position_ids=[]`` for seq 0 was refused as "dtype float64" (NumPy's dtype for an empty list)."""
+    rope = RotaryEmbedding(8, 64)
+    x = np.ones((1, 1, 0, 8), np.float32)
+    assert rope.apply(x, None, [])[0].shape == x.shape
+    assert apply_rotary(x, *_tables(), [[]]).shape == x.shape
+    assert rope(x, position_ids=[])[0].shape == (0, 8)
+    with pytest.raises(ValueError, match=r"^position_ids: shape \(0,\) does not match seq length 2"):
+        rope.apply(np.ones((1, 1, 2, 8), np.float32), None, [])
+
+
 def test_numpy_scalar_position_ids_are_judged_by_shape():
     """A NumPy integer scalar as position_ids was called "a numpy array with numpy inputs; use one library"."""
     rope = RotaryEmbedding(8, 64)
