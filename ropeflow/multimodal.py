@@ -181,8 +181,9 @@ def mrope_position_ids(
     videos = _grids(video_grid_thw, "video_grid_thw", merge)
     intervals: list[np.float32 | None] = [None] * len(videos)
     if tokens_per_second is not None:
-        if isinstance(tokens_per_second, bool) or not isinstance(tokens_per_second, (int, float, np.number)):
-            raise TypeError(f"tokens_per_second: expected a number, got {tokens_per_second!r}")
+        if isinstance(tokens_per_second, (bool, np.bool_)) \
+                or not isinstance(tokens_per_second, (int, float, np.integer, np.floating)):
+            raise TypeError(f"tokens_per_second: expected a real number, got {tokens_per_second!r}")
         if not (math.isfinite(float(tokens_per_second)) and float(tokens_per_second) > 0):
             raise ValueError(f"tokens_per_second: must be finite and > 0, got {tokens_per_second!r}")
         seconds = [1.0] * len(videos) if second_per_grid_ts is None else _seconds(second_per_grid_ts)

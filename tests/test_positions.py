@@ -385,6 +385,9 @@ MM_CASES = [
     ("tokens_per_second", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]],
                                tokens_per_second=float("nan"))),
     ("tokens_per_second", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]], tokens_per_second=-2)),
+    # a complex number was taken with only NumPy's ComplexWarning
+    ("tokens_per_second", dict(token_types=[0, 2, 2, 2, 2], video_grid_thw=[[4, 2, 2]],
+                               tokens_per_second=np.complex64(2))),
 ]
 
 
