@@ -78,7 +78,7 @@ def _grids(value: Any, name: str, merge: int) -> np.ndarray:
     if value is None:
         return np.zeros((0, 3), np.int64)
     grids = _host_ints(value, name, (1, 2))
-    if grids.size == 0:  # [] (or shape (0, 3)): no grids
+    if grids.shape in ((0,), (0, 3)):  # [] or an empty (n, 3) array: no grids
         return np.zeros((0, 3), np.int64)
     if grids.ndim == 1:
         grids = grids[None]

@@ -46,10 +46,18 @@ def _is_int(value: Any) -> bool:
 def check_offset_unused(position_ids: Any, offset: Any) -> None:
     """A ValueError naming ``offset`` when both ``position_ids`` and an ``offset`` other than the default 0 are
     given: the ids are the positions, so an offset would be dropped silently."""
-    if position_ids is not None and not (_is_int(offset) and offset == 0):
+    if position_ids is None:
+        return
+    integer_scalar = _is_int(offset) or (getattr(offset, "shape", None) == ()
+                                         and getattr(getattr(offset, "dtype", None), "kind", None) in ("i", "u"))
+    if integer_scalar and int(offset) == 0:  # the default, however spelled (0, np.int64(0), a 0-d array)
+        return
+    if integer_scalar:
+        given = repr(int(offset))
+    else:
         given = f"an array of shape {tuple(offset.shape)}" if hasattr(offset, "shape") else repr(offset)
-        raise ValueError(f"offset: pass either position_ids or offset (positions offset + arange(seq)), not both; "
-                         f"got offset {given} with position_ids")
+    raise ValueError(f"offset: pass either position_ids or offset (positions offset + arange(seq)), not both; "
+                     f"got offset {given} with position_ids")
 
 
 # --------------------------------------------------------------------------------------------- packed
@@ -126,11 +134,14 @@ def _longest(cu: np.ndarray, offsets: np.ndarray) -> int:
     if not nonempty.any():
         return 0
     offsets, lengths = offsets[nonempty], lengths[nonempty]
-    too_far = offsets > (MAX_POSITION - lengths + 1)  # offset + length - 1 > MAX_POSITION, without overflow
+    # the largest position offset + length - 1 must stay below 2**63 - 1 (the table length, one more, is an
+    # int64): offset > MAX_POSITION - length, without overflow
+    too_far = offsets > (MAX_POSITION - lengths)
     if too_far.any():
         i = int(np.argmax(too_far))
-        raise ValueError(f"offset: positions offset + token index must be below 2**63, got offset {int(offsets[i])} "
-                         f"for a sequence of {int(lengths[i])} tokens")
+        raise ValueError(f"offset: positions offset + token index must be below 2**63 - 1, got offset "
+                         f"{int(offsets[i])} for a sequence of {int(lengths[i])} tokens (largest position "
+                         f"{int(offsets[i]) + int(lengths[i]) - 1})")
     return int((offsets + lengths).max())
 
 
@@ -300,13 +311,15 @@ def ids_and_longest(ids: Any) -> tuple[Any, int]:
     return ids.astype(np.int64, copy=False), hi + 1
 
 
-def compose_mrope(xp: Any, table: Any, ids3: Any, sections: MropeSections) -> Any:
+def compose_mrope(xp: Any, table: Any, ids3: Any, sections: MropeSections, out: Any = None) -> Any:
     """Per-token M-RoPE table ``(batch * seq, dim)`` in ``table``'s dtype: column ``j`` (and ``j + dim // 2``) of
-    token ``(b, s)`` is ``table[ids3[axis(j), b, s], j]``. ``table``: ``(table_len, dim)``, every id < table_len."""
+    token ``(b, s)`` is ``table[ids3[axis(j), b, s], j]``. ``table``: ``(table_len, dim)``, every id < table_len.
+    ``out``: where to write it (a new array when None)."""
     dim = int(table.shape[-1])
     half = dim // 2
     n_tokens = int(ids3.shape[1]) * int(ids3.shape[2])
-    out = xp.empty((n_tokens, dim), dtype=table.dtype)
+    if out is None:
+        out = xp.empty((n_tokens, dim), dtype=table.dtype)
     raw = _raw_view(table)
     out_raw = _raw_view(out)
     rows = ids3.reshape(3, n_tokens)
@@ -318,9 +331,13 @@ def compose_mrope(xp: Any, table: Any, ids3: Any, sections: MropeSections) -> An
     return out
 
 
-def gather_rows(xp: Any, table: Any, ids: Any) -> Any:
-    """``table[ids]``: shape ``ids.shape + (dim,)``, a new array in ``table``'s dtype."""
-    return _raw_view(table)[ids].view(table.dtype)
+def gather_rows(xp: Any, table: Any, ids: Any, out: Any = None) -> Any:
+    """``table[ids]``: shape ``ids.shape + (dim,)`` in ``table``'s dtype, written to ``out`` (a new array when
+    None)."""
+    if out is None:
+        return _raw_view(table)[ids].view(table.dtype)
+    xp.take(_raw_view(table), ids, axis=0, out=_raw_view(out))
+    return out
 
 
 def _raw_view(a: Any) -> Any:

@@ -344,17 +344,25 @@ class RotaryEmbedding:
             if ids.ndim not in (1, 2) and not (ids.ndim == 3 and ids.shape[0] == 3):
                 allowed = "(seq,), (batch, seq) or (3, batch, seq)" if self._mrope else "(seq,) or (batch, seq)"
                 raise ValueError(f"position_ids: expected shape {allowed}, got {tuple(ids.shape)}")
+            dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
+            # the results first: an allocation that fails then changes nothing (not even a table's length)
+            rows = (int(ids.shape[1]) * int(ids.shape[2]),) if ids.ndim == 3 else tuple(int(n) for n in ids.shape)
+            try:
+                outs = xp.empty(rows + (self.dim,), dtype=dtype), xp.empty(rows + (self.dim,), dtype=dtype)
+            except (MemoryError, ValueError):  # ValueError: NumPy's "array is too big", past the address space
+                raise MemoryError(f"position_ids: per-position tables of shape {(*tuple(ids.shape[-2:]), self.dim)} "
+                                  f"need two {math.prod(rows) * self.dim * dtype.itemsize / 2**30:.3g} GiB arrays, "
+                                  "more than this machine can allocate") from None
             ids, longest = ids_and_longest(ids)
         self._check_reference_positions(longest, "position_ids")
-        dtype = x.dtype if x.dtype.isnative else x.dtype.newbyteorder("=")
 
         def per_position(cos: Any, sin: Any) -> tuple[Any, Any]:
             with _xp.device_scope(x):
                 if ids.ndim == 3:
                     n_batch, n_seq = int(ids.shape[1]), int(ids.shape[2])
-                    return (compose_mrope(xp, cos, ids, self._mrope).reshape(n_batch, n_seq, self.dim),
-                            compose_mrope(xp, sin, ids, self._mrope).reshape(n_batch, n_seq, self.dim))
-                return gather_rows(xp, cos, ids), gather_rows(xp, sin, ids)
+                    return (compose_mrope(xp, cos, ids, self._mrope, outs[0]).reshape(n_batch, n_seq, self.dim),
+                            compose_mrope(xp, sin, ids, self._mrope, outs[1]).reshape(n_batch, n_seq, self.dim))
+                return gather_rows(xp, cos, ids, outs[0]), gather_rows(xp, sin, ids, outs[1])
 
         cos, sin = self._serve(backend, _xp.device_key(x), longest, dtype_name, xp_ns, dtype, name="position_ids",
                                finish=per_position)

@@ -470,6 +470,10 @@ def test_messages_at_the_int64_limit_say_the_limit():
         with pytest.raises(ValueError, match=r"^offset: .* must be below 2\*\*63 - 1, got offset=9223372036854775805 "
                                              r"\(largest position 9223372036854775807\)$"):
             rope.apply(x, offset=offset)
+    # packed batches: offset + length reached 2**63 and wrapped ("negative dimensions are not allowed")
+    with pytest.raises(ValueError, match=r"^offset: .* below 2\*\*63 - 1, got offset 9223372036854775807 for a "
+                                         r"sequence of 1 tokens \(largest position 9223372036854775807\)$"):
+        rope.apply(np.ones((1, 2, 8), np.float32), cu_seqlens=[0, 1], offset=2**63 - 1, seq_axis=-3)
 
 
 def test_empty_list_position_ids_for_an_empty_sequence():
@@ -513,22 +517,29 @@ def test_offset_with_position_ids_is_refused_not_dropped(offset):
             with pytest.raises(ValueError, match=message):
                 call()
         assert (instance_state(rope), registry_state()) == before
-    for zero in (0, np.int64(0)):
+    for zero in (0, np.int64(0), np.array(0)):
         np.testing.assert_array_equal(rope.apply(x, None, ids, offset=zero)[0], rope.apply(x, None, ids)[0])
 
 
-def test_per_position_tables_too_large_leave_no_trace():
-    """``rope(x, position_ids=...)`` gathers a row per id: an allocation that fails there (NumPy's unnamed
-    MemoryError) came after the dynamic policy's state was committed. It now names position_ids and leaves
-    the state as it was."""
-    rope = RotaryEmbedding(8, 64, scaling=DYN, dynamic_policy="hf")
+@pytest.mark.parametrize("scaling", [None, DYN])
+def test_per_position_tables_too_large_leave_no_trace(scaling):
+    """``rope(x, position_ids=...)`` gathers a row per id: an allocation that failed there (NumPy's unnamed
+    MemoryError, or "array is too big") came after the table had grown and the dynamic policy's state was
+    committed. The results are now allocated first: the error names position_ids and nothing changed.
+    (Sizes past the address space: refused at once on any machine, whatever its memory overcommit.)"""
+    rope = RotaryEmbedding(8, 64, scaling=scaling, dynamic_policy="hf")
     x = np.ones((1, 1, 10, 8), np.float32)
     rope(np.ones((1, 1, 100, 8), np.float32))
+    rope(x)
     with collector_paused():
         before = instance_state(rope), registry_state()
-        with pytest.raises(MemoryError, match=r"^position_ids: "):
-            rope(x, position_ids=np.broadcast_to(np.arange(10), (10**9, 10)))
-        assert (instance_state(rope), registry_state()) == before
+        for ids in (np.broadcast_to(np.arange(5000), (2**46, 5000)),
+                    np.broadcast_to(np.arange(5000), (3, 2**46, 5000))):
+            with pytest.raises(MemoryError, match=r"^position_ids: per-position tables of shape \(70368744177664, "
+                                                  r"5000, 8\) need two .* GiB arrays"):
+                (RotaryEmbedding(8, 64, mrope_section=[1, 1, 2]) if ids.ndim == 3 else rope)(x, position_ids=ids)
+            if ids.ndim == 2:
+                assert (instance_state(rope), registry_state()) == before
 
 
 # ----------------------------------------------------------------------------------------- memory

@@ -385,6 +385,14 @@ def test_preset_reads_as_the_models_whole_config(preset):
                 (b.layout, b.dim, b.base, b.max_position_embeddings, b.scaling, b.attention_scaling), layer_type
             for got, want in zip(a.cos_sin(64), b.cos_sin(64), strict=True):
                 np.testing.assert_array_equal(got, want)
+    # a preset may leave the query head dim unstated (no softmax scale), but never imply another one (the Kimi-K2
+    # presets, given DeepSeek-V3's model defaults without qk_nope_head_dim, implied 56 instead of 192)
+    try:
+        scale = ropeflow.softmax_scale(ropeflow.presets.load(preset))
+    except ValueError:
+        scale = None
+    if scale is not None:
+        assert scale == ropeflow.softmax_scale(json.loads(pathlib.Path(whole).read_text()))
 
 
 @pytest.mark.parametrize("preset", ["deepseek-v3", "kimi-k2", "kimi-k2-0905"])

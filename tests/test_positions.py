@@ -355,6 +355,7 @@ MM_CASES = [
     ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=[[2**40, 2**40, 2**40]])),
     ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=[[2**62, 2, 2]])),
     ("spatial_merge_size", dict(token_types=[0], spatial_merge_size=2**70)),  # was an OverflowError
+    ("image_grid_thw", dict(token_types=[0, 0], image_grid_thw=np.zeros((2, 0), np.int64))),  # not (n, 3)
     # unsigned values past int64 were shown (and checked) wrapped to negative ones
     ("token_types", dict(token_types=np.array([0, 2**63], np.uint64))),
     ("image_grid_thw", dict(token_types=[0, 1, 1, 1, 1], image_grid_thw=np.array([[1, 2**64 - 1, 2]], np.uint64))),

@@ -60,6 +60,9 @@ class NumpyBackend:
         strides, may alias).
 
         positions: ``(batch, seq)`` or ``(1, seq)`` int64 rows of the tables; cos/sin: ``(table_len, rotary_dim)``.
+        ``inverse`` negates the sine and keeps the layout's reads and writes, as every backend's kernel does:
+        for "deepseek" that is not the inverse rotation (the halves must go back to the pairs), which
+        ``apply.RotaryJob`` composes from the "half" one.
         """
         if k is not None:
             self.apply(k, k_out, cos, sin, positions, layout, rotary_dim, inverse)
