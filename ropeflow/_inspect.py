@@ -139,7 +139,7 @@ def report(label: str, config: dict[str, Any], layer_type: str | None = None) ->
     if isinstance(cfg, YarnScaling) and cfg.mscale_all_dim:
         multiplier = get_mscale(cfg.factor, cfg.mscale_all_dim) ** 2
     try:
-        scale: float | None = softmax_scale(config)
+        scale: float | None = softmax_scale(config, layer_type)
     except (ValueError, TypeError, KeyError):  # the config does not state its query head dimension
         scale = None
     scaling = {} if cfg is None else {k: v for k, v in asdict(cfg).items() if v is not None}

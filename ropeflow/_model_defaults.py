@@ -7,7 +7,8 @@ config class (``google/gemma-3-4b-it`` gives no ``rope_theta``, ``head_dim`` nor
 ``configuration_chatglm.py``. Only the fields ropeflow reads are listed; ``head_dim`` only where the class has
 a fixed default (elsewhere transformers derives it as ``hidden_size // num_attention_heads``). ``mrope_section`` /
 ``mrope_interleaved``: the defaults of the models' rotary modules (``rope_parameters.get("mrope_section", ...)``;
-Qwen3-VL's and Qwen3.5's modules always interleave).
+Qwen3-VL's and Qwen3.5's modules always interleave). ``query_pre_attn_scalar`` (Gemma 2 and 3) and
+``attention_multiplier`` (Granite) set the attention's softmax scale (:func:`ropeflow.softmax_scale`).
 
 ``layout`` is the rotation layout the model's attention applies (DESIGN 1.4): ``"interleaved"`` for GPT-J,
 ChatGLM / GLM, Cohere and Llama 4 (pairs ``(2j, 2j + 1)``), ``"deepseek"`` for DeepSeek-V3 (interleaved
@@ -68,13 +69,14 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "gemma": {"rope_theta": 10000.0, "hidden_size": 3072, "num_attention_heads": 16, "head_dim": 256,
               "max_position_embeddings": 8192},
     "gemma2": {"rope_theta": 10000.0, "hidden_size": 2304, "num_attention_heads": 8, "head_dim": 256,
-               "max_position_embeddings": 8192},
+               "max_position_embeddings": 8192, "query_pre_attn_scalar": 256},
     "gemma3_text": {"rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "hidden_size": 2304,
-                    "num_attention_heads": 8, "head_dim": 256, "max_position_embeddings": 131072},
+                    "num_attention_heads": 8, "head_dim": 256, "max_position_embeddings": 131072,
+                    "query_pre_attn_scalar": 256},
     "llama4_text": {"rope_theta": 500000.0, "hidden_size": 5120, "num_attention_heads": 40, "head_dim": 128,
                     "max_position_embeddings": 131072, "layout": "interleaved"},
     "olmo2": {**_LLAMA_LIKE, "max_position_embeddings": 2048},
-    "granite": {**_LLAMA_LIKE, "max_position_embeddings": 2048},
+    "granite": {**_LLAMA_LIKE, "max_position_embeddings": 2048, "attention_multiplier": 1.0},
     "starcoder2": {"rope_theta": 10000.0, "hidden_size": 3072, "num_attention_heads": 24,
                    "max_position_embeddings": 4096},
     "smollm3": {"rope_theta": 2000000.0, "hidden_size": 2048, "num_attention_heads": 16,

@@ -383,21 +383,37 @@ def _head_dim(f: _Fields, required: bool = True) -> int | None:
         _int_field(f.name_of("num_attention_heads", "n_head", "num_heads"), heads)
 
 
+#: Model types whose attention scales by 1 (their q and k are normalized instead): transformers' Gemma 3n and 4.
+_UNIT_SOFTMAX_SCALE = ("gemma3n_text", "gemma3n", "gemma4_text", "gemma4")
+
+
 def softmax_scale(config: Any, layer_type: str | None = None) -> float:
-    """The attention softmax scale a config implies: ``q_head_dim ** -0.5``, times ``get_mscale(factor,
-    mscale_all_dim) ** 2`` for YaRN configs with ``mscale_all_dim`` (DeepSeek-V3's convention).
+    """The attention softmax scale a config implies, as transformers' attention sets it: ``q_head_dim **
+    -0.5``; ``query_pre_attn_scalar ** -0.5`` where the config has one (Gemma 2 and 3); ``attention_multiplier``
+    itself (Granite); 1 for Gemma 3n and 4. Times ``get_mscale(factor, mscale_all_dim) ** 2`` for YaRN configs
+    with ``mscale_all_dim`` (DeepSeek-V3's convention).
 
     ``q_head_dim`` is ``qk_nope_head_dim + qk_rope_head_dim`` when both are given, else ``head_dim``, else
-    ``hidden_size // num_attention_heads``.
+    ``hidden_size // num_attention_heads``. ``layer_type``: as for ``from_hf_config`` (configs whose layer types
+    have different rotary settings need one).
     """
-    from .scaling import YarnScaling, parse_scaling, validate_scaling, yarn_softmax_scale
+    from .scaling import YarnScaling, get_mscale, parse_scaling, validate_scaling
 
     f = _Fields(language_config(config))
-    nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
-    if nope is not None and rope is not None:
-        head_dim = _int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)
+    pre_attn, multiplier = f.get("query_pre_attn_scalar"), f.get("attention_multiplier")
+    if pre_attn is not None:
+        base = float(_check_number("config['query_pre_attn_scalar']", pre_attn, minimum=0, strict=True)) ** -0.5
+    elif multiplier is not None:
+        base = float(_check_number("config['attention_multiplier']", multiplier, minimum=0, strict=True))
+    elif f.model_type in _UNIT_SOFTMAX_SCALE:
+        base = 1.0
     else:
-        head_dim = _head_dim(f)
+        nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
+        if nope is not None and rope is not None:
+            head_dim = _int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)
+        else:
+            head_dim = _head_dim(f)
+        base = float(head_dim) ** -0.5
     settings = rope_settings(config, layer_type)
     with warnings.catch_warnings():  # unknown keys: from_hf_config warns about them, once
         warnings.simplefilter("ignore")
@@ -405,8 +421,9 @@ def softmax_scale(config: Any, layer_type: str | None = None) -> float:
     if scaling is not None:
         validate_scaling(scaling, settings["dim"])
     if isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
-        return yarn_softmax_scale(int(head_dim), float(scaling.factor), float(scaling.mscale_all_dim))
-    return float(head_dim) ** -0.5
+        m = get_mscale(float(scaling.factor), float(scaling.mscale_all_dim))
+        return base * m * m  # yarn_softmax_scale's order of operations
+    return base
 
 
 __all__ = ["language_config", "layer_types", "load_config", "rope_settings", "softmax_scale"]

@@ -407,3 +407,20 @@ def test_deepseek_presets_rotate_interleaved_pairs_into_halves(preset):
     even, odd = x[..., 0::2], x[..., 1::2]
     want = np.concatenate([even * cos - odd * sin, odd * cos + even * sin], axis=-1)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_softmax_scale_of_models_that_do_not_use_the_head_dim():
+    """transformers' attention scales by ``attention_multiplier`` in Granite, by ``query_pre_attn_scalar **
+    -0.5`` in Gemma 2 and 3 (256 when the file leaves it out, the config classes' default) and by 1 in Gemma
+    3n (normalized q and k); ropeflow read ``head_dim ** -0.5`` for all of them."""
+    granite = {"model_type": "granite", "hidden_size": 4096, "num_attention_heads": 32, "rope_theta": 1e7,
+               "max_position_embeddings": 8192, "attention_multiplier": 0.0078125}
+    assert ropeflow.softmax_scale(granite) == 0.0078125
+    gemma = {"model_type": "gemma3_text", "head_dim": 128, "query_pre_attn_scalar": 168}
+    assert ropeflow.softmax_scale(gemma, layer_type="full_attention") == 168**-0.5
+    del gemma["query_pre_attn_scalar"]
+    assert ropeflow.softmax_scale(gemma, layer_type="full_attention") == 256**-0.5
+    gemma3n = {"model_type": "gemma3n_text", "head_dim": 256, "rope_theta": 1e6, "max_position_embeddings": 32768}
+    assert ropeflow.softmax_scale(gemma3n) == 1.0
+    with pytest.raises(ValueError, match=r"config\['query_pre_attn_scalar'\]"):
+        ropeflow.softmax_scale({**gemma, "query_pre_attn_scalar": -1}, layer_type="full_attention")

@@ -176,3 +176,25 @@ def test_legacy_and_default_fields(name, dim, base, max_pos):
     layer_type = "sliding_attention" if name.startswith("gemma-3") else None
     rope = _embedding(path, layer_type)
     assert (rope.dim, rope.base, rope.max_position_embeddings) == (dim, base, max_pos)
+
+
+# ------------------------------------------------------------------------------------------ softmax scale
+SOFTMAX_SCALES = json.loads((DATA / "softmax_scales.json").read_text())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_softmax_scale_is_what_transformers_attention_uses(path):
+    """``ropeflow.softmax_scale`` against the ``scaling`` of transformers' own attention module for the same
+    file (recorded by ``tests/data/record_softmax_scales.py``): query_pre_attn_scalar for Gemma 2 and 3 (the
+    27B's 168, not its head dim 128, which ropeflow used), DeepSeek-V3's YaRN mscale, partial-rotary heads."""
+    recorded = SOFTMAX_SCALES["configs"][path.stem]
+    if recorded is None:
+        pytest.skip("no transformers attention module records a scale for this file")
+    raw = json.loads(path.read_text())
+    for layer_type in ropeflow.layer_types(raw):
+        assert ropeflow.softmax_scale(raw, layer_type=layer_type) == pytest.approx(recorded["scaling"], rel=1e-15)
+
+
+def test_recorded_softmax_scales_cover_the_corpus():
+    assert set(SOFTMAX_SCALES["configs"]) == {p.stem for p in CONFIGS}
+    assert sum(v is not None for v in SOFTMAX_SCALES["configs"].values()) >= 35
