@@ -178,8 +178,15 @@ def _check_agreement(params: Mapping[str, Any], scaling: Mapping[str, Any]) -> N
     if _is_nested(params):
         differ = ["the layout (rope_parameters is nested by layer type)"]
     else:
+        from .scaling import canonical_rope_type
+
+        def same(key: str, a: Any, b: Any) -> bool:  # rope types by their canonical names ("su" is "longrope")
+            return canonical_rope_type(a) == canonical_rope_type(b) if key == "rope_type" else a == b
+
         canonical = {("rope_type" if key == "type" else key): value for key, value in scaling.items()}
-        differ = [repr(key) for key, value in canonical.items() if params.get(key) != value]
+        params_canonical = {("rope_type" if key == "type" and "rope_type" not in params else key): value
+                            for key, value in params.items()}
+        differ = [repr(key) for key, value in canonical.items() if not same(key, params_canonical.get(key), value)]
     if differ:
         raise ValueError(f"config: 'rope_scaling' {dict(scaling)!r} and 'rope_parameters' {dict(params)!r} disagree "
                          f"({', '.join(differ)}); keep the one that describes the model and remove the other")

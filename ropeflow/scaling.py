@@ -178,6 +178,11 @@ _CONFIG_TYPES: dict[str, type] = {
     "longrope": LongRopeScaling,
 }
 _TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
+
+
+def canonical_rope_type(name: Any) -> Any:
+    """A rope type's canonical name (``"su"`` is ``"longrope"``, ``"mrope"`` is ``"default"``); others as given."""
+    return _TYPE_ALIASES.get(name, name) if isinstance(name, str) else name
 _REQUIRED = {
     "linear": ("factor",),
     "ntk": ("factor",),
@@ -372,7 +377,8 @@ def parse_scaling(spec: Any) -> ScalingConfig | None:
             raise TypeError(f"scaling['{key}']: expected a string (one of {', '.join(rope_types())}), "
                             f"got {spec[key]!r} ({type(spec[key]).__name__})")
     rope_type = spec.get("rope_type", spec.get("type"))
-    if "rope_type" in spec and "type" in spec and spec["rope_type"] != spec["type"]:
+    if "rope_type" in spec and "type" in spec and \
+            canonical_rope_type(spec["rope_type"]) != canonical_rope_type(spec["type"]):  # "su" is "longrope"
         raise ValueError(f"scaling: 'rope_type' ({spec['rope_type']!r}) and 'type' ({spec['type']!r}) disagree")
     if rope_type is None:
         raise ValueError(f"scaling: needs a 'rope_type' (or 'type') key; allowed: {', '.join(rope_types())}")

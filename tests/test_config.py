@@ -424,3 +424,31 @@ def test_softmax_scale_of_models_that_do_not_use_the_head_dim():
     assert ropeflow.softmax_scale(gemma3n) == 1.0
     with pytest.raises(ValueError, match=r"config\['query_pre_attn_scalar'\]"):
         ropeflow.softmax_scale({**gemma, "query_pre_attn_scalar": -1}, layer_type="full_attention")
+
+
+def test_legacy_rope_type_names_agree_with_their_canonical_names():
+    """transformers 5 keeps Phi-3-vision's ``"type": "su"`` and adds ``"rope_type": "longrope"``: the two name
+    one scaling, but were compared as strings and refused as disagreeing (also for a saved config)."""
+    longrope = {"short_factor": [1.0] * 48, "long_factor": [1.5] * 48, "original_max_position_embeddings": 4096}
+    a = RotaryEmbedding(96, 131072, scaling={"type": "su", "rope_type": "longrope", **longrope})
+    b = RotaryEmbedding(96, 131072, scaling={"rope_type": "longrope", **longrope})
+    assert a.scaling == b.scaling
+    assert RotaryEmbedding(8, 64, scaling={"type": "mrope", "rope_type": "default"}).scaling is None
+    with pytest.raises(ValueError, match=r"^scaling: 'rope_type' \('yarn'\) and 'type' \('su'\) disagree"):
+        RotaryEmbedding(8, 64, scaling={"type": "su", "rope_type": "yarn", "factor": 2.0})
+    saved = {"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32, "max_position_embeddings": 131072,
+             "rope_scaling": {"type": "su", **longrope},
+             "rope_parameters": {"type": "su", "rope_type": "longrope", "rope_theta": 10000.0, **longrope}}
+    assert RotaryEmbedding.from_hf_config(saved).scaling == b.scaling
+
+
+def test_phi3_vision_config_saved_by_transformers_reads():
+    """The same through transformers' own config object and its save_pretrained folder."""
+    transformers = pytest.importorskip("transformers")
+    raw = {k: v for k, v in _load("phi-3-vision-128k-instruct").items() if not k.startswith("_")}
+    want = RotaryEmbedding.from_hf_config(raw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        obj = transformers.AutoConfig.for_model(**raw)
+    got = RotaryEmbedding.from_hf_config(obj)
+    assert (got.scaling, got.dim, got.base) == (want.scaling, want.dim, want.base)
