@@ -210,13 +210,22 @@ def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
                         f"({type(listed).__name__})")
     declared = [t for t in (listed or []) if isinstance(t, str)]
     order = list(dict.fromkeys(declared))
+    local = f.get("rope_local_base_freq")  # Gemma 3's sliding-layer base (its model default: 10000)
+    if local is not None:
+        local = _check_number("config['rope_local_base_freq']", local, minimum=1.0, strict=True)
     if params and _is_nested(params):
         names = [t for t in order if t in params] + [t for t in params if t not in order]
-        return {t: (None if params[t] is None else dict(params[t])) for t in names}
+        sections = {t: (None if params[t] is None else dict(params[t])) for t in names}
+        if local is not None:  # Gemma 3's config class fills what a nested file leaves out, as here
+            for name in ("full_attention", "sliding_attention"):
+                if name not in sections and (not order or name in order):  # a type the layers use
+                    sections[name] = {"rope_type": "default"}
+            sliding = sections.get("sliding_attention")
+            if sliding is not None and sliding.get("rope_theta") is None:
+                sliding["rope_theta"] = local
+        return sections
     flat = dict(params or scaling or {})  # an empty rope_parameters leaves rope_scaling in force
-    local = f.get("rope_local_base_freq")
     if local is not None:  # Gemma 3 (transformers 4 files): a default-RoPE sliding layer with its own base
-        local = _check_number("config['rope_local_base_freq']", local, minimum=1.0, strict=True)
         return {"sliding_attention": {"rope_type": "default", "rope_theta": local},
                 "full_attention": flat}
     if cfg.get("global_rope_theta") is not None or f.model_type == "modernbert":  # ModernBERT

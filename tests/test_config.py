@@ -452,3 +452,23 @@ def test_phi3_vision_config_saved_by_transformers_reads():
         obj = transformers.AutoConfig.for_model(**raw)
     got = RotaryEmbedding.from_hf_config(obj)
     assert (got.scaling, got.dim, got.base) == (want.scaling, want.dim, want.base)
+
+
+def test_gemma3_nested_rope_parameters_fill_in_as_transformers_does():
+    """A Gemma 3 file with per-layer-type ``rope_parameters`` may leave out the sliding entry's ``rope_theta``
+    (or the entry itself): transformers' Gemma3TextConfig takes ``rope_local_base_freq``, else 10000. ropeflow
+    used the top-level (global) ``rope_theta``, 1e6, and refused a missing entry."""
+    g = {"model_type": "gemma3_text", "head_dim": 256, "max_position_embeddings": 32768, "rope_theta": 1e6,
+         "layer_types": ["sliding_attention"] * 5 + ["full_attention"],
+         "rope_parameters": {"sliding_attention": {"rope_type": "default"},
+                             "full_attention": {"rope_type": "linear", "factor": 8.0}}}
+    assert RotaryEmbedding.from_hf_config(g, layer_type="sliding_attention").base == 10000.0
+    full = RotaryEmbedding.from_hf_config(g, layer_type="full_attention")
+    assert (full.base, full.scaling) == (1e6, LinearScaling(8.0))
+    assert RotaryEmbedding.from_hf_config({**g, "rope_local_base_freq": 20000.0},
+                                          layer_type="sliding_attention").base == 20000.0
+    del g["rope_parameters"]["sliding_attention"]
+    assert RotaryEmbedding.from_hf_config(g, layer_type="sliding_attention").base == 10000.0
+    # other models' nested files are read as they are
+    llama = {**LLAMA, "rope_theta": 5e5, "rope_parameters": {"full_attention": {"rope_type": "default"}}}
+    assert ropeflow.layer_types(llama) == ("full_attention",)
