@@ -100,6 +100,11 @@ def torch_to_native(t: Any, name: str) -> tuple[Any, Origin]:
 
 def jax_to_native(a: Any, name: str) -> tuple[Any, Origin]:
     """A NumPy (CPU) or CuPy (GPU) view of a JAX array, or a TypeError naming ``name``."""
+    tracer = getattr(getattr(sys.modules.get("jax"), "core", None), "Tracer", None)
+    if tracer is not None and isinstance(a, tracer):
+        raise TypeError(f"{name}: a traced JAX value (inside jax.jit, grad or vmap), which has no data to read; "
+                        "ropeflow computes on concrete arrays: call it outside the traced function, or through "
+                        "jax.pure_callback")
     devices = a.devices()
     if len(devices) != 1:
         raise TypeError(f"{name}: a JAX array sharded over {len(devices)} devices; pass a single-device array")

@@ -313,3 +313,19 @@ def test_jax_arrays_in_and_out(dtype):
     assert isinstance(cos, jax.Array) and cos.dtype == x.dtype and cos.shape == (6, 32)
     with pytest.raises(TypeError, match=r"out: JAX arrays are immutable"):
         apply_rotary(x, *rope.cos_sin(6), out=x)
+
+
+def test_traced_jax_values_are_named():
+    """Inside jax.jit the arrays are tracers without data: JAX's own ConcretizationTypeError ("The devices()
+    method was called on traced array") escaped, naming none of ropeflow's arguments."""
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    rope = RotaryEmbedding(16, 64)
+    concrete = jnp.ones((1, 2, 5, 16), jnp.float32)
+    calls = {"q": lambda q: rope.apply(q, offset=3)[0], "x": lambda q: rope(q)[0],
+             "like": lambda q: rope.cos_sin(5, like=q)[0],
+             "position_ids": lambda q: rope.apply(concrete, None, jnp.arange(5) + q[0, 0, 0, 0].astype(jnp.int32))[0]}
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=rf"^{name}: a traced JAX value \(inside jax.jit"):
+            jax.jit(call)(concrete)
+    assert rope.cache_info()["builds"] == 0
