@@ -51,6 +51,7 @@ from .scaling import (
     check_base,
     check_choice,
     check_dim,
+    check_float32_range,
     check_max_position_embeddings,
     check_precision,
     compute_frequencies,
@@ -180,6 +181,8 @@ class RotaryEmbedding:
         cfg: ScalingConfig | None = parse_scaling(scaling)
         if cfg is not None:
             validate_scaling(cfg, int(dim))
+        if precision == "reference":
+            check_float32_range(base, cfg, int(dim))
         check_choice("layout", layout, LAYOUTS)
         mrope = check_mrope(mrope_section, mrope_interleaved, int(dim))
         override = None

@@ -292,6 +292,30 @@ def _check_attention_scaling(name: str, scaling: float) -> float:
     return scaling
 
 
+#: The largest float32: reference precision casts the base and every scaling number to float32, as the
+#: PyTorch reference does, and a value past it becomes inf (then frequencies of 0: one table for all positions).
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(base: float, cfg: ScalingConfig | None, dim: int) -> None:
+    """Reference precision: ``base``, the numbers of ``cfg`` and NTK's scaled base must be finite in float32 (a
+    ValueError naming the field and pointing to ``precision='exact'``)."""
+    named: list[tuple[str, Any]] = [("base", base)]
+    if isinstance(cfg, NTKScaling):  # validate_scaling checked that it is finite
+        named.append(("scaling['factor'] (ntk: the scaled base, base * factor ** (dim / (dim - 2)))",
+                      base * cfg.factor ** (dim / (dim - 2))))
+    if cfg is not None and not isinstance(cfg, DynamicScaling):  # its factor stays in float64 (see _dynamic_base)
+        for field in fields(cfg):
+            value = getattr(cfg, field.name)
+            values = value if isinstance(value, tuple) else (value,)
+            named += [(f"scaling['{field.name}']", v) for v in values]
+    for name, value in named:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{name}: reference precision computes in float32, as the PyTorch reference does, "
+                             f"where values must stay below {FLOAT32_MAX:.4g}; got {value!r}. Use "
+                             "precision='exact' (float64)")
+
+
 def validate_scaling(cfg: ScalingConfig, dim: int | None = None) -> None:
     """Raise ``ValueError`` / ``TypeError`` (naming the field, its value and what is allowed) for a configuration
     no finite table can be built from. ``dim`` adds the checks that depend on the rotary dimension."""

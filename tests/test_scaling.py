@@ -356,3 +356,23 @@ def test_typed_configs_are_hashable_and_equivalent():
     np.testing.assert_array_equal(a.inv_freq, b.inv_freq)
     assert np.shares_memory(a.cos_sin(16)[0], b.cos_sin(16)[0])
     assert set(ropeflow.rope_types()) == {"default", "linear", "ntk", "dynamic", "yarn", "llama3", "longrope"}
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(base=1e39), "base"),
+    (dict(scaling={"rope_type": "linear", "factor": 1e39}), r"scaling\['factor'\]"),
+    (dict(scaling={"rope_type": "yarn", "factor": 1e300}), r"scaling\['factor'\]"),
+    (dict(scaling={"rope_type": "ntk", "factor": 1e36}), r"scaling\['factor'\] \(ntk"),
+    (dict(scaling={"rope_type": "longrope", "short_factor": [1e39] * 32, "long_factor": [1.0] * 32,
+                   "original_max_position_embeddings": 1024}), r"scaling\['short_factor'\]"),
+])
+def test_reference_precision_refuses_numbers_past_float32(kwargs, name):
+    """Reference precision casts the base and the scaling numbers to float32, as the PyTorch reference does: a
+    value past float32's range became inf and every frequency 0 (one table for every position), with a NumPy
+    overflow warning at most. Refused by name; exact precision (float64) takes them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy overflow warning on the way to the error
+        with pytest.raises(ValueError, match=rf"^{name}.*reference precision computes in float32.*precision='exact'"):
+            RotaryEmbedding(64, 4096, **kwargs)
+    inv_freq = RotaryEmbedding(64, 4096, precision="exact", **kwargs).inv_freq
+    assert np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0)
