@@ -441,7 +441,7 @@ def _one_line(exc: BaseException, has_precision: bool = True) -> str:
         text = f"missing key {exc}"
     else:
         text = str(exc)
-    text = " ".join(text.split())
+    text = " ".join(text.split()) or ("out of memory" if isinstance(exc, MemoryError) else type(exc).__name__)
     if "precision='exact'" in text and has_precision:
         text += " (on the command line: --precision exact)"
     return text

@@ -75,6 +75,10 @@ def load_config(config: Any) -> dict[str, Any]:
         ) from None
 
 
+#: A config.json is a few kilobytes; reading stops past this.
+_MAX_CONFIG_BYTES = 64 << 20
+
+
 def _load_path(path: str) -> dict[str, Any]:
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
@@ -85,9 +89,11 @@ def _load_path(path: str) -> dict[str, Any]:
             f"`huggingface-cli download {path} config.json` or `huggingface_hub.hf_hub_download({path!r}, "
             "'config.json')`, and pass the path it returns."
         )
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, /dev/zero never end
+        raise ValueError(f"config: {path!r} is not a regular file")
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(_MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise FileNotFoundError(f"config: no such file {path!r}") from None
     except OSError as exc:
@@ -96,11 +102,16 @@ def _load_path(path: str) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"config: {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ValueError(f"config: {path!r} is larger than {_MAX_CONFIG_BYTES >> 20} MiB; a config.json is a few "
+                         "kilobytes")
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"config: {path!r} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
                          ) from None
+    except RecursionError:
+        raise ValueError(f"config: {path!r} nests its JSON too deeply to read") from None
     if not isinstance(loaded, dict):
         raise ValueError(f"config: {path!r} does not hold a JSON object (got a JSON {type(loaded).__name__})")
     return loaded

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import warnings
 
@@ -472,3 +473,22 @@ def test_gemma3_nested_rope_parameters_fill_in_as_transformers_does():
     # other models' nested files are read as they are
     llama = {**LLAMA, "rope_theta": 5e5, "rope_parameters": {"full_attention": {"rope_type": "default"}}}
     assert ropeflow.layer_types(llama) == ("full_attention",)
+
+
+def test_config_files_that_cannot_be_a_config_are_named(tmp_path):
+    """Deeply nested JSON escaped as a RecursionError (a traceback on the command line); a FIFO blocked forever
+    and /dev/zero read until memory ran out."""
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"a":' * 100000)
+    with pytest.raises(ValueError, match=r"^config: .*deep.json' nests its JSON too deeply"):
+        RotaryEmbedding.from_hf_config(str(deep))
+    big = tmp_path / "big.json"
+    with open(big, "wb") as fh:
+        fh.truncate((64 << 20) + 1)  # sparse: no disk used
+    with pytest.raises(ValueError, match=r"^config: .*big.json' is larger than 64 MiB"):
+        RotaryEmbedding.from_hf_config(str(big))
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "fifo.json"
+        os.mkfifo(fifo)
+        with pytest.raises(ValueError, match=r"^config: .*fifo.json' is not a regular file"):
+            RotaryEmbedding.from_hf_config(str(fifo))
