@@ -111,9 +111,19 @@ def spectrum(rope: RotaryEmbedding, seq_len: int | None = None) -> tuple[np.ndar
     interpolation: how much the scaling stretched that wavelength: scaled over unscaled (1 means
         unchanged, ``factor`` means fully interpolated).
     """
+    extended = seq_len is None
     if seq_len is None:
         seq_len = _contexts(rope)[2]
-    freqs = compute_frequencies(rope.scaling, rope.dim, rope.base, rope.max_position_embeddings, "exact", seq_len)
+    try:
+        freqs = compute_frequencies(rope.scaling, rope.dim, rope.base, rope.max_position_embeddings, "exact",
+                                    seq_len)
+    except ValueError:
+        if not extended:
+            raise
+        # the extended context comes from the config: name the field that made it overflow
+        factor = getattr(rope.scaling, "factor", None)
+        raise ValueError(f"scaling['factor']: the frequencies overflow at the extended context ({float(seq_len):.3g} "
+                         f"positions, max_position_embeddings times factor {factor!r})") from None
     wavelength = 2 * math.pi * freqs.position_divisor / np.asarray(freqs.inv_freq, np.float64)
     plain = 2 * math.pi / standard_inv_freq(rope.dim, rope.base, "exact")
     return wavelength, wavelength / plain

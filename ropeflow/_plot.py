@@ -39,11 +39,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def check_output(path: str) -> str:
-    """The format of output ``path`` from its extension; ``ValueError`` naming the allowed ones otherwise."""
+def check_output(path: str, option: str = "-o/--output") -> str:
+    """The format of output ``path`` from its extension; ``ValueError`` naming ``option`` (the command-line
+    option that gave the path) and the allowed formats otherwise."""
     ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
     if ext not in FORMATS:
-        raise ValueError(f"-o/--output: unknown image format {ext or '(none)'!r} in {path!r}; allowed: "
+        raise ValueError(f"{option}: unknown image format {ext or '(none)'!r} in {path!r}; allowed: "
                          f"{', '.join('.' + f for f in FORMATS)}")
     return ext
 
@@ -141,7 +142,7 @@ def plot_configs(ropes: Sequence[tuple[str, RotaryEmbedding]], output: str, *, e
 
 def plot_bench(results: dict[str, Any], output: str) -> str:
     """Write a bar chart of ``ropeflow bench`` results (``{"tables": {...}, "apply": {...}}``) to ``output``."""
-    fmt = check_output(output)
+    fmt = check_output(output, "--plot")
     plt = _pyplot()
     suites = [s for s in ("tables", "apply") if s in results]
     if not suites:

@@ -286,7 +286,7 @@ def bench_cmd(args: argparse.Namespace) -> int:
         _check_folder(args.plot, "--plot")
         from ._plot import _pyplot, check_output
 
-        check_output(args.plot)
+        check_output(args.plot, "--plot")
         _pyplot()  # fail before a long run when matplotlib is missing
     suites = list(bench.SUITES) if args.suite == "all" else [args.suite]
     results = bench.run(suites, args.backend, quick=args.quick, repeats=args.repeats, progress=args.progress)
@@ -349,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", nargs="+", metavar="target", help="preset names, config.json files or folders")
     p.add_argument("-o", "--output", required=True, help="image file: .png, .svg or .pdf")
     p.add_argument("--error", action="store_true", help="add the error-against-position panel")
-    p.add_argument("--error-positions", type=_int_at_least(2), default=None,
+    p.add_argument("--error-positions", type=_int_at_least(2, 2**24, " (2**24: the panel compares reference "
+                                                                   "precision, whose float32 positions are exact "
+                                                                   "up to there)"), default=None,
                    help="positions for --error (default: each config's extended context, at most 262144)")
     p.add_argument("--title", default=None, help="figure title")
     p.add_argument("--layer-type", default=None,

@@ -89,7 +89,8 @@ BAD = {
     "plot nope -o fig.png": "nope",
     "bench --repeats 0": "--repeats",
     "bench --backend gpu": "--backend",
-    "bench --plot fig.gif": "-o/--output",
+    "bench --plot fig.gif": "--plot: unknown image format",
+    "plot deepseek-v3 -o fig.png --error --error-positions 99999999999999": "--error-positions: must be <= 16777216",
     "frobnicate": "command",
     "bench --json no-such-folder/r.json": "--json: no folder",  # before the run, not after it
     "bench --plot no-such-folder/r.png": "--plot: no folder",
@@ -473,3 +474,16 @@ def test_progress_bar_off_when_not_a_terminal() -> None:
     bar.echo("x", io.StringIO())
     bar.close()
     assert stream.getvalue() == ""
+
+
+def test_inspect_names_the_factor_whose_extended_context_overflows(tmp_path, capsys):
+    """A dynamic config whose factor overflows the base at its extended context was reported as a seq_len
+    error (inspect has no seq_len) with a 300-digit length; tables on the same file worked."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
+                               "max_position_embeddings": 4096, "rope_theta": 10000.0,
+                               "rope_scaling": {"rope_type": "dynamic", "factor": 1e300}}))
+    rc, _, err = run_cli(["inspect", str(cfg)], capsys)
+    assert rc == 2 and "error: scaling['factor']: the frequencies overflow at the extended context (4.1e+303" in err
+    rc, _, _ = run_cli(["tables", "--config", str(cfg), "--seq-len", "4"], capsys)
+    assert rc == 0
