@@ -449,6 +449,15 @@ def _powers(base: float, exponents: np.ndarray, precision: Precision) -> np.ndar
     return np.float64(base) ** exponents
 
 
+def _scalar_over(value: float, array: np.ndarray, precision: Precision) -> np.ndarray:
+    """``value / array`` as the reference computes a Python number over a tensor: PyTorch evaluates it as
+    ``array.reciprocal() * value`` (two float32 roundings, not one division), which llama3's wavelengths
+    inherit; exact precision divides in float64."""
+    if precision == "reference":
+        return (np.float32(1.0) / array) * np.float32(value)
+    return np.float64(value) / array
+
+
 def _scalar(value: float, precision: Precision) -> np.floating:
     """A Python scalar as the reference code's tensor ops see it: float32, or float64 in exact mode."""
     return np.float32(value) if precision == "reference" else np.float64(value)
@@ -576,10 +585,11 @@ def _llama3(cfg: Llama3Scaling, dim, base, max_pos, precision, seq_len) -> Frequ
     old_len = cfg.original_max_position_embeddings
     low_wavelen = old_len / cfg.low_freq_factor
     high_wavelen = old_len / cfg.high_freq_factor
-    wavelen = s(2 * math.pi) / inv_freq
+    wavelen = _scalar_over(2 * math.pi, inv_freq, precision)
     scaled = np.where(wavelen > s(low_wavelen), inv_freq / s(cfg.factor), inv_freq)
     with np.errstate(divide="ignore", invalid="ignore"):  # an empty smooth band: 0 / 0 where unused
-        smooth = (s(old_len) / wavelen - s(cfg.low_freq_factor)) / s(cfg.high_freq_factor - cfg.low_freq_factor)
+        smooth = (_scalar_over(old_len, wavelen, precision) - s(cfg.low_freq_factor)) / \
+            s(cfg.high_freq_factor - cfg.low_freq_factor)
         smoothed = (s(1.0) - smooth) * scaled / s(cfg.factor) + smooth * scaled
     medium = ~(wavelen < s(high_wavelen)) & ~(wavelen > s(low_wavelen))
     out = np.where(medium, smoothed, scaled).astype(inv_freq.dtype)

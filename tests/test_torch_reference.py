@@ -85,3 +85,32 @@ def test_seed_cache_dtype_quirk_is_not_reproduced():
     exact, _ = tables_from_inv_freq(torch.from_numpy(rope.inv_freq.copy()), 50)
     assert np.abs(tcos.numpy() - exact.numpy()).max() > 1e-4  # the seed's float16 rounding shows
     assert np.abs(cos - exact.numpy()).max() <= 4 * ULP32
+
+
+def _llama3_in_torch(inv_freq, factor, low_freq_factor, high_freq_factor, old_context_len):
+    """transformers' ``_compute_llama3_parameters`` after its ``inv_freq``, op for op in torch float32."""
+    import math
+
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+
+
+@pytest.mark.parametrize("dim,base", [(64, 1e4), (128, 1e4), (128, 5e5), (256, 5e5), (128, 1e6)])
+@pytest.mark.parametrize("factor,low,high,old", [(8.0, 1.0, 4.0, 8192), (32.0, 1.0, 4.0, 8192),
+                                                 (8.0, 2.0, 8.0, 4096)])
+def test_llama3_frequencies_match_pytorch_bit_for_bit(dim, base, factor, low, high, old):
+    """From the same standard inv_freq, llama3's adjustment equals the PyTorch code bit for bit. torch evaluates
+    ``2 * pi / inv_freq`` as ``inv_freq.reciprocal() * (2 * pi)``; ropeflow divided once, up to 10 ulps off."""
+    scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+               "original_max_position_embeddings": old}
+    plain = ropeflow.RotaryEmbedding(dim, 131072, base).inv_freq
+    got = ropeflow.RotaryEmbedding(dim, 131072, base, scaling=scaling).inv_freq
+    want = _llama3_in_torch(torch.from_numpy(np.array(plain)), factor, low, high, old).numpy()
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
