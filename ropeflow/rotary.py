@@ -421,6 +421,9 @@ class RotaryEmbedding:
                 return done
 
         origin = None
+        if k is not None and library_of(k) != library_of(q):  # converted, both would pass as NumPy arrays
+            raise TypeError(f"k: a {library_of(k) or type(k).__module__} array with a "
+                            f"{library_of(q) or type(q).__module__} q; use one library")
         if type(q) is not np.ndarray:
             q, origin = to_native(q, "q")
         if k is not None and type(k) is not np.ndarray:
@@ -517,6 +520,10 @@ class RotaryEmbedding:
             origin = None
             if type(like) is not np.ndarray:
                 like, origin = to_native(like, "like")
+            if origin is not None and origin.library == "jax" and dtype_name == "float64" \
+                    and not sys.modules["jax"].config.jax_enable_x64:
+                raise TypeError("dtype: float64 tables as JAX arrays need JAX's 64-bit mode "
+                                "(jax.config.update('jax_enable_x64', True)); without it JAX makes them float32")
             xp = _xp.namespace(like, "like")  # first: its error names like and what it is
             backend = resolve(self._requested_backend, like)
             return self._serve(backend, _xp.device_key(like), seq_len, dtype_name, xp,

@@ -329,3 +329,28 @@ def test_traced_jax_values_are_named():
         with pytest.raises(TypeError, match=rf"^{name}: a traced JAX value \(inside jax.jit"):
             jax.jit(call)(concrete)
     assert rope.cache_info()["builds"] == 0
+
+
+def test_q_and_k_from_different_libraries_are_refused():
+    """Both were converted to NumPy before the one-library check, so it never fired: NumPy q with torch k
+    returned a NumPy k, torch q with NumPy k a torch k."""
+    rope = RotaryEmbedding(16, 64)
+    q = random_tensor((1, 2, 3, 16), "float32", seed=21)
+    for a, b, lib_k, lib_q in ((as_numpy(q), q, "torch", "numpy"), (q, as_numpy(q), "numpy", "torch")):
+        with pytest.raises(TypeError, match=rf"^k: a {lib_k} array with a {lib_q} q; use one library"):
+            rope.apply(a, b)
+    assert rope.cache_info()["builds"] == 0
+
+
+def test_float64_jax_tables_without_x64_are_refused():
+    jax = pytest.importorskip("jax")
+    rope = RotaryEmbedding(16, 64)
+    x64 = jax.config.jax_enable_x64
+    try:
+        jax.config.update("jax_enable_x64", False)
+        with pytest.raises(TypeError, match=r"^dtype: float64 tables as JAX arrays need JAX's 64-bit mode"):
+            rope.cos_sin(8, "float64", like=jax.numpy.ones(2))
+        jax.config.update("jax_enable_x64", True)
+        assert rope.cos_sin(8, "float64", like=jax.numpy.ones(2))[0].dtype == jax.numpy.float64
+    finally:
+        jax.config.update("jax_enable_x64", x64)
