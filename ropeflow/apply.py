@@ -295,13 +295,13 @@ def check_rotary_dim(rotary_dim: Any, x: Any, table_dim: int, name: str = "x") -
     return int(rotary_dim)
 
 
-def check_out(out: Any, x: Any, tables: tuple[Any, ...] = (), name: str = "out") -> None:
+def check_out(out: Any, x: Any, tables: tuple[Any, ...] = (), name: str = "out", x_name: str = "x") -> None:
     """``out`` must be a writeable, native-order array of ``x``'s library, shape and dtype, sharing no memory
-    with the tables (``name``: the parameter, for the messages)."""
+    with the tables (``name``, ``x_name``: the parameters, for the messages)."""
     if _xp.is_cupy(out) != _xp.is_cupy(x) or not (_xp.is_numpy(out) or _xp.is_cupy(out)):
-        raise TypeError(f"{name}: a {type(out).__module__} array for a {type(x).__module__} x")
+        raise TypeError(f"{name}: a {type(out).__module__} array for a {type(x).__module__} {x_name}")
     if tuple(out.shape) != tuple(x.shape) or out.dtype.newbyteorder("=") != x.dtype.newbyteorder("="):
-        raise ValueError(f"{name}: shape {tuple(out.shape)} dtype {out.dtype} must equal x's shape "
+        raise ValueError(f"{name}: shape {tuple(out.shape)} dtype {out.dtype} must equal {x_name}'s shape "
                          f"{tuple(x.shape)} dtype {x.dtype}")
     if not out.dtype.isnative:
         raise ValueError(f"{name}: non-native byte order ({out.dtype.str}); pass a native-order array "

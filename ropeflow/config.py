@@ -219,7 +219,11 @@ def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
     if listed is not None and (isinstance(listed, str | bytes | Mapping) or not isinstance(listed, Sequence)):
         raise TypeError(f"config['layer_types']: expected a list of layer type names (or null), got {listed!r} "
                         f"({type(listed).__name__})")
-    declared = [t for t in (listed or []) if isinstance(t, str)]
+    odd = [t for t in (listed or []) if not isinstance(t, str)]
+    if odd:
+        raise TypeError(f"config['layer_types']: expected layer type names (strings), got {odd[0]!r} "
+                        f"({type(odd[0]).__name__}) among them")
+    declared = list(listed or [])
     order = list(dict.fromkeys(declared))
     local = f.get("rope_local_base_freq")  # Gemma 3's sliding-layer base (its model default: 10000)
     if local is not None:
@@ -406,8 +410,13 @@ def _head_dim(f: _Fields, required: bool = True) -> int | None:
         raise ValueError("config: missing required field 'hidden_size' (or 'head_dim')")
     if heads is None:
         raise ValueError("config: missing required field 'num_attention_heads' (or 'head_dim')")
-    return _int_field(f.name_of("hidden_size", "n_embd", "d_model"), hidden) // \
-        _int_field(f.name_of("num_attention_heads", "n_head", "num_heads"), heads)
+    hidden_name, heads_name = f.name_of("hidden_size", "n_embd", "d_model"), \
+        f.name_of("num_attention_heads", "n_head", "num_heads")
+    hidden, heads = _int_field(hidden_name, hidden), _int_field(heads_name, heads)
+    if hidden < heads:
+        raise ValueError(f"config['{hidden_name}']: {hidden} is smaller than config['{heads_name}'] = {heads}, "
+                         f"so no head has a dimension (head_dim = {hidden_name} // {heads_name}); state 'head_dim'")
+    return hidden // heads
 
 
 #: Model types whose attention scales by 1 (their q and k are normalized instead): transformers' Gemma 3n and 4.

@@ -89,13 +89,13 @@ def _native_outs(out: Any, q: Any, k: Any) -> tuple[Any, Any]:
     if (out[1] is None) != (k is None):
         raise ValueError("out: k_out must be an array exactly when k is given (out=(q_out, None) for k=None)")
     natives = []
-    for name, o, x in (("out[0] (q_out)", out[0], q), ("out[1] (k_out)", out[1], k)):
+    for name, o, x, x_name in (("out[0] (q_out)", out[0], q, "q"), ("out[1] (k_out)", out[1], k, "k")):
         if o is None:
             natives.append(None)
             continue
         if type(o) is not np.ndarray:
             o = writable_native(o, name)
-        check_out(o, x, name=name)
+        check_out(o, x, name=name, x_name=x_name)
         natives.append(o)
     q_out, k_out = natives
     if k_out is not None and shares_memory(q_out, k_out, exact=True):

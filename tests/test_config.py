@@ -181,6 +181,8 @@ def test_phi_partial_default_and_legacy_names():
 
 # ------------------------------------------------------------------------------- bad input (issue 13)
 BAD_CONFIGS = [
+    ({**LLAMA, "hidden_size": 16, "num_attention_heads": 32}, ValueError,
+     r"config\['hidden_size'\]: 16 is smaller than config\['num_attention_heads'\] = 32"),
     ({**LLAMA, "partial_rotary_factor": 1.5}, ValueError, r"config\['partial_rotary_factor'\].*\(0, 1\], got 1.5"),
     ({**LLAMA, "partial_rotary_factor": 0}, ValueError, r"config\['partial_rotary_factor'\]: must be > 0"),
     ({**LLAMA, "partial_rotary_factor": True}, TypeError, r"config\['partial_rotary_factor'\]: expected a number"),
@@ -492,3 +494,14 @@ def test_config_files_that_cannot_be_a_config_are_named(tmp_path):
         os.mkfifo(fifo)
         with pytest.raises(ValueError, match=r"^config: .*fifo.json' is not a regular file"):
             RotaryEmbedding.from_hf_config(str(fifo))
+
+
+def test_small_config_and_preset_errors_say_what_is_wrong():
+    with pytest.raises(TypeError, match=r"^config\['layer_types'\]: expected layer type names \(strings\), got 3"):
+        ropeflow.layer_types({**LLAMA, "layer_types": ["full_attention", 3]})  # the 3 was dropped silently
+    with pytest.raises(TypeError, match=r"^name: expected a preset name \(a string\), got 1"):
+        ropeflow.presets.load(1)
+    rope = RotaryEmbedding(8, 64)
+    q = np.ones((1, 1, 3, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^out\[1\] \(k_out\): shape \(1, 1, 2, 8\) dtype float32 must equal k's"):
+        rope.apply(q, q, out=(np.empty_like(q), np.ones((1, 1, 2, 8), np.float32)))

@@ -21,6 +21,8 @@ def names() -> list[str]:
 
 def load(name: str) -> dict[str, Any]:
     """The config dict of preset ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a preset name (a string), got {name!r} ({type(name).__name__})")
     if name not in names():
         raise ValueError(f"name: unknown preset {name!r}; allowed: {', '.join(names())}")
     return json.loads(resources.files(__name__).joinpath(f"{name}.json").read_text(encoding="utf-8"))
