@@ -146,7 +146,9 @@ def report(label: str, config: dict[str, Any], layer_type: str | None = None) ->
     original, stated, extended, note = _contexts(rope)
     wavelength, _ = spectrum(rope)
     multiplier = 1.0
-    if isinstance(cfg, YarnScaling) and cfg.mscale_all_dim:
+    text = language_config(config)
+    mla = text.get("qk_nope_head_dim") is not None and text.get("qk_rope_head_dim") is not None
+    if mla and isinstance(cfg, YarnScaling) and cfg.mscale_all_dim:  # as softmax_scale: MLA models only
         multiplier = get_mscale(cfg.factor, cfg.mscale_all_dim) ** 2
     try:
         scale: float | None = softmax_scale(config, layer_type)

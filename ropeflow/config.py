@@ -426,8 +426,10 @@ _UNIT_SOFTMAX_SCALE = ("gemma3n_text", "gemma3n", "gemma4_text", "gemma4")
 def softmax_scale(config: Any, layer_type: str | None = None) -> float:
     """The attention softmax scale a config implies, as transformers' attention sets it: ``q_head_dim **
     -0.5``; ``query_pre_attn_scalar ** -0.5`` where the config has one (Gemma 2 and 3); ``attention_multiplier``
-    itself (Granite); 1 for Gemma 3n and 4. Times ``get_mscale(factor, mscale_all_dim) ** 2`` for YaRN configs
-    with ``mscale_all_dim`` (DeepSeek-V3's convention).
+    itself (Granite); 1 for Gemma 3n and 4. For multi-head latent attention (configs with ``qk_nope_head_dim``
+    and ``qk_rope_head_dim``: DeepSeek-V2/V3, Kimi-K2, MiniCPM3, ...) times ``get_mscale(factor,
+    mscale_all_dim) ** 2`` with YaRN's ``mscale_all_dim`` (DeepSeek's convention; other families' attention
+    leaves the scale alone, YaRN or not).
 
     ``q_head_dim`` is ``qk_nope_head_dim + qk_rope_head_dim`` when both are given, else ``head_dim``, else
     ``hidden_size // num_attention_heads``. ``layer_type``: as for ``from_hf_config`` (configs whose layer types
@@ -437,26 +439,25 @@ def softmax_scale(config: Any, layer_type: str | None = None) -> float:
 
     f = _Fields(language_config(config))
     pre_attn, multiplier = f.get("query_pre_attn_scalar"), f.get("attention_multiplier")
+    nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
+    mla = nope is not None and rope is not None  # DeepSeek's multi-head latent attention (and its ports)
+    if f.model_type in _UNIT_SOFTMAX_SCALE:
+        return 1.0  # whatever the rotary settings (Gemma 4's "proportional" type included)
     if pre_attn is not None:
         base = float(_check_number("config['query_pre_attn_scalar']", pre_attn, minimum=0, strict=True)) ** -0.5
     elif multiplier is not None:
         base = float(_check_number("config['attention_multiplier']", multiplier, minimum=0, strict=True))
-    elif f.model_type in _UNIT_SOFTMAX_SCALE:
-        base = 1.0
+    elif mla:
+        base = float(_int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)) ** -0.5
     else:
-        nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
-        if nope is not None and rope is not None:
-            head_dim = _int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)
-        else:
-            head_dim = _head_dim(f)
-        base = float(head_dim) ** -0.5
+        base = float(_head_dim(f)) ** -0.5
     settings = rope_settings(config, layer_type)
     with warnings.catch_warnings():  # unknown keys: from_hf_config warns about them, once
         warnings.simplefilter("ignore")
         scaling = parse_scaling(settings["scaling"])  # validated as from_hf_config validates it
     if scaling is not None:
         validate_scaling(scaling, settings["dim"])
-    if isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
+    if mla and isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:  # transformers: MLA models only
         m = get_mscale(float(scaling.factor), float(scaling.mscale_all_dim))
         return base * m * m  # yarn_softmax_scale's order of operations
     return base

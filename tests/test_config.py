@@ -505,3 +505,17 @@ def test_small_config_and_preset_errors_say_what_is_wrong():
     q = np.ones((1, 1, 3, 8), np.float32)
     with pytest.raises(ValueError, match=r"^out\[1\] \(k_out\): shape \(1, 1, 2, 8\) dtype float32 must equal k's"):
         rope.apply(q, q, out=(np.empty_like(q), np.ones((1, 1, 2, 8), np.float32)))
+
+
+def test_yarn_mscale_enters_the_softmax_scale_of_mla_models_only():
+    """transformers folds ``get_mscale(factor, mscale_all_dim) ** 2`` into the softmax scale of multi-head latent
+    attention models only (``yarn_apply_mscale``: DeepSeek-V2/V3, MiniCPM3, ...); Ministral 3's YaRN config
+    (factor 16, mscale_all_dim 1) keeps ``head_dim ** -0.5``. ropeflow multiplied for every family (1.63x)."""
+    yarn = {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 16384, "mscale": 1.0,
+            "mscale_all_dim": 1.0, "rope_theta": 1e6}
+    ministral3 = {"model_type": "ministral3", "hidden_size": 4096, "num_attention_heads": 32, "head_dim": 128,
+                  "max_position_embeddings": 262144, "rope_parameters": yarn}
+    assert ropeflow.softmax_scale(ministral3) == 128**-0.5
+    mla = {**ministral3, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64}
+    m = 0.1 * math.log(16.0) + 1.0
+    assert ropeflow.softmax_scale(mla) == pytest.approx(192**-0.5 * m * m, rel=1e-15)
