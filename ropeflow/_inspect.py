@@ -136,7 +136,9 @@ def _per_layer_types(config: dict[str, Any]) -> list[str] | None:
 
 
 def _from_config(config: dict[str, Any], layer_type: str | None) -> RotaryEmbedding:
-    return RotaryEmbedding.from_hf_config(config, layer_type=layer_type, backend="numpy")
+    # exact: the report's figures are float64 (the same for every shipped preset in either precision), and a
+    # config past float32's range is still described
+    return RotaryEmbedding.from_hf_config(config, layer_type=layer_type, backend="numpy", precision="exact")
 
 
 def report(label: str, config: dict[str, Any], layer_type: str | None = None) -> RopeReport:

@@ -77,6 +77,12 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
                     "max_position_embeddings": 131072, "layout": "interleaved"},
     "olmo2": {**_LLAMA_LIKE, "max_position_embeddings": 2048},
     "granite": {**_LLAMA_LIKE, "max_position_embeddings": 2048, "attention_multiplier": 1.0},
+    # softmax-scale fields only (the rest of these files is read as stated)
+    "granitemoe": {"attention_multiplier": 1.0},
+    "granitemoeshared": {"attention_multiplier": 1.0},
+    "granitemoehybrid": {"attention_multiplier": 1.0},
+    "granite_swa": {"attention_multiplier": 1.0},
+    "vaultgemma": {"query_pre_attn_scalar": 256},
     "starcoder2": {"rope_theta": 10000.0, "hidden_size": 3072, "num_attention_heads": 24,
                    "max_position_embeddings": 4096},
     "smollm3": {"rope_theta": 2000000.0, "hidden_size": 2048, "num_attention_heads": 16,

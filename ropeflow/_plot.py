@@ -112,7 +112,11 @@ def plot_configs(ropes: Sequence[tuple[str, RotaryEmbedding]], output: str, *, e
             n = error_positions or min(_contexts(rope)[2], 2**18)
             if progress is not None:
                 progress(f"error against position for {label}: {n} positions")
-            pos, e_ref, e_ex = precision_error(rope, n)
+            try:
+                pos, e_ref, e_ex = precision_error(rope, n)
+            except ValueError as exc:  # a config reference precision cannot hold: say which, and what to do
+                raise ValueError(f"--error: {label} has no reference-precision tables to compare ({exc}); plot it "
+                                 "without --error") from None
             axes[2].loglog(pos, np.maximum(e_ref, 1e-12), color=color, label=f"{label} reference")
             axes[2].loglog(pos, np.maximum(e_ex, 1e-12), color=color, linestyle="--", label=f"{label} exact")
     axes[0].set_yscale("log")

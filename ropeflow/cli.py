@@ -256,7 +256,9 @@ def plot_cmd(args: argparse.Namespace) -> int:
         types = (args.layer_type,) if args.layer_type is not None else layer_types(config)
         named = args.layer_type is not None or len(types) > 1  # one curve per layer type (Gemma 3)
         for layer_type in types:
-            rope = RotaryEmbedding.from_hf_config(config, backend="numpy", layer_type=layer_type if named else None)
+            # exact: the spectrum is computed in float64 anyway, and --error builds both precisions itself
+            rope = RotaryEmbedding.from_hf_config(config, backend="numpy", precision="exact",
+                                                  layer_type=layer_type if named else None)
             ropes.append((f"{label} ({layer_type})" if named else label, rope))
     path = plot_configs(ropes, args.output, error=args.error, error_positions=args.error_positions,
                         title=args.title, progress=lambda msg: print(msg, file=sys.stderr))

@@ -98,13 +98,13 @@ def _load_path(path: str) -> dict[str, Any]:
         raise FileNotFoundError(f"config: no such file {path!r}") from None
     except OSError as exc:
         raise OSError(f"config: cannot read {path!r}: {exc.strerror or exc}") from None
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise ValueError(f"config: {path!r} is larger than {_MAX_CONFIG_BYTES >> 20} MiB; a config.json is a few "
+                         "kilobytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"config: {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise ValueError(f"config: {path!r} is larger than {_MAX_CONFIG_BYTES >> 20} MiB; a config.json is a few "
-                         "kilobytes")
     try:
         loaded = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -233,7 +233,7 @@ def _rope_sections(f: _Fields) -> dict[str, dict[str, Any] | None]:
         sections = {t: (None if params[t] is None else dict(params[t])) for t in names}
         if local is not None:  # Gemma 3's config class fills what a nested file leaves out, as here
             for name in ("full_attention", "sliding_attention"):
-                if name not in sections and (not order or name in order):  # a type the layers use
+                if sections.get(name) is None and (not order or name in order):  # a type the layers use
                     sections[name] = {"rope_type": "default"}
             sliding = sections.get("sliding_attention")
             if sliding is not None and sliding.get("rope_theta") is None:

@@ -103,6 +103,13 @@ def _native_outs(out: Any, q: Any, k: Any) -> tuple[Any, Any]:
     return q_out, k_out
 
 
+def _array_library(a: Any) -> str | None:
+    """"torch", "jax", "numpy" or "cupy" for an array of those libraries; None for anything else."""
+    if a is None:
+        return None
+    return library_of(a) or ("numpy" if isinstance(a, np.ndarray) else "cupy" if _xp.is_cupy(a) else None)
+
+
 def _ndim(position_ids: Any) -> int:
     """The number of dimensions of ``position_ids`` (an array, or nested lists/tuples); 0 for None and for
     what is no array at all (ragged lists: the one-axis path then names position_ids in its error)."""
@@ -181,8 +188,8 @@ class RotaryEmbedding:
         cfg: ScalingConfig | None = parse_scaling(scaling)
         if cfg is not None:
             validate_scaling(cfg, int(dim))
-        if precision == "reference":
-            check_float32_range(base, cfg, int(dim))
+        if precision == "reference":  # with an inv_freq override the base is not used
+            check_float32_range(None if inv_freq is not None else base, cfg, int(dim))
         check_choice("layout", layout, LAYOUTS)
         mrope = check_mrope(mrope_section, mrope_interleaved, int(dim))
         override = None
@@ -421,9 +428,9 @@ class RotaryEmbedding:
                 return done
 
         origin = None
-        if k is not None and library_of(k) != library_of(q):  # converted, both would pass as NumPy arrays
-            raise TypeError(f"k: a {library_of(k) or type(k).__module__} array with a "
-                            f"{library_of(q) or type(q).__module__} q; use one library")
+        lib_q, lib_k = _array_library(q), _array_library(k)
+        if lib_q and lib_k and lib_q != lib_k:  # once converted, both would pass as NumPy arrays
+            raise TypeError(f"k: a {lib_k} array with a {lib_q} q; use one library")
         if type(q) is not np.ndarray:
             q, origin = to_native(q, "q")
         if k is not None and type(k) is not np.ndarray:

@@ -292,27 +292,36 @@ def _check_attention_scaling(name: str, scaling: float) -> float:
     return scaling
 
 
-#: The largest float32: reference precision casts the base and every scaling number to float32, as the
-#: PyTorch reference does, and a value past it becomes inf (then frequencies of 0: one table for all positions).
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def check_float32_range(base: float, cfg: ScalingConfig | None, dim: int) -> None:
-    """Reference precision: ``base``, the numbers of ``cfg`` and NTK's scaled base must be finite in float32 (a
-    ValueError naming the field and pointing to ``precision='exact'``)."""
-    named: list[tuple[str, Any]] = [("base", base)]
-    if isinstance(cfg, NTKScaling):  # validate_scaling checked that it is finite
+def check_float32_range(base: float | None, cfg: ScalingConfig | None, dim: int) -> None:
+    """Reference precision: every number the frequencies take to float32, as the PyTorch reference does, must
+    stay finite there (past float32's range it becomes inf, and the frequencies 0: one table for every
+    position). A ValueError naming the field and pointing to ``precision='exact'``. ``base`` None: an
+    ``inv_freq`` override (no base is used). Checked: the base, linear's and llama3's factors, llama3's band
+    fields, LongRoPE's factor lists, NTK's scaled base, and the products YaRN and LongRoPE form with the
+    largest ``base ** (2j / dim)``; fields the reference keeps in Python floats (YaRN's betas and mscales,
+    dynamic NTK's factor: its grown base is checked when served) are not."""
+    top = 1.0 if base is None else base ** ((dim - 2) / dim)  # the largest base ** (2j / dim)
+    named: list[tuple[str, float]] = [] if base is None else [("base", base)]
+    if isinstance(cfg, NTKScaling) and base is not None:
         named.append(("scaling['factor'] (ntk: the scaled base, base * factor ** (dim / (dim - 2)))",
                       base * cfg.factor ** (dim / (dim - 2))))
-    if cfg is not None and not isinstance(cfg, DynamicScaling):  # its factor stays in float64 (see _dynamic_base)
-        for field in fields(cfg):
-            value = getattr(cfg, field.name)
-            values = value if isinstance(value, tuple) else (value,)
-            named += [(f"scaling['{field.name}']", v) for v in values]
+    elif isinstance(cfg, LinearScaling):
+        named.append(("scaling['factor']", cfg.factor))
+    elif isinstance(cfg, YarnScaling):
+        named.append(("scaling['factor'] (yarn: factor * base ** ((dim - 2) / dim))", cfg.factor * top))
+    elif isinstance(cfg, Llama3Scaling):
+        named += [(f"scaling['{name}']", float(getattr(cfg, name))) for name in
+                  ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")]
+    elif isinstance(cfg, LongRopeScaling):
+        for name in ("short_factor", "long_factor"):
+            named += [(f"scaling['{name}'][{i}] (times base ** ((dim - 2) / dim))", v * top)
+                      for i, v in enumerate(getattr(cfg, name))]
     for name, value in named:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) > FLOAT32_MAX:
+        with np.errstate(over="ignore"):
+            overflows = not np.isfinite(np.float32(value))
+        if overflows:
             raise ValueError(f"{name}: reference precision computes in float32, as the PyTorch reference does, "
-                             f"where values must stay below {FLOAT32_MAX:.4g}; got {value!r}. Use "
+                             f"where this overflows ({value:.4g} > {float(np.finfo(np.float32).max):.4g}). Use "
                              "precision='exact' (float64)")
 
 
@@ -524,7 +533,15 @@ def dynamic_base(base: float, factor: float, seq_len: int, max_pos: int, dim: in
 
 def _dynamic(cfg: DynamicScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
     length = max_pos if seq_len is None else seq_len
-    return Frequencies(standard_inv_freq(dim, dynamic_base(base, cfg.factor, length, max_pos, dim), precision))
+    grown = dynamic_base(base, cfg.factor, length, max_pos, dim)
+    with np.errstate(over="ignore"):
+        past_float32 = precision == "reference" and not np.isfinite(np.float32(grown))
+    if past_float32:  # the reference takes the grown base to float32: inf, and every frequency 0
+        raise ValueError(f"seq_len: dynamic NTK's base at seq_len={length} is {grown:.4g}, past float32's range, "
+                         "where reference precision computes (as the PyTorch reference does). Use "
+                         "precision='exact' (float64)")
+    return Frequencies(standard_inv_freq(dim, grown, precision))
+
 
 
 def yarn_correction_range(beta_fast: float, beta_slow: float, dim: int, base: float, original_max: int,

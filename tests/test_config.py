@@ -445,7 +445,7 @@ def test_legacy_rope_type_names_agree_with_their_canonical_names():
     assert RotaryEmbedding.from_hf_config(saved).scaling == b.scaling
 
 
-def test_phi3_vision_config_saved_by_transformers_reads():
+def test_phi3_vision_config_saved_by_transformers_reads(tmp_path):
     """The same through transformers' own config object and its save_pretrained folder."""
     transformers = pytest.importorskip("transformers")
     raw = {k: v for k, v in _load("phi-3-vision-128k-instruct").items() if not k.startswith("_")}
@@ -453,8 +453,10 @@ def test_phi3_vision_config_saved_by_transformers_reads():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         obj = transformers.AutoConfig.for_model(**raw)
-    got = RotaryEmbedding.from_hf_config(obj)
-    assert (got.scaling, got.dim, got.base) == (want.scaling, want.dim, want.base)
+        obj.save_pretrained(tmp_path)
+    for source in (obj, str(tmp_path)):
+        got = RotaryEmbedding.from_hf_config(source)
+        assert (got.scaling, got.dim, got.base) == (want.scaling, want.dim, want.base)
 
 
 def test_gemma3_nested_rope_parameters_fill_in_as_transformers_does():
@@ -470,6 +472,8 @@ def test_gemma3_nested_rope_parameters_fill_in_as_transformers_does():
     assert (full.base, full.scaling) == (1e6, LinearScaling(8.0))
     assert RotaryEmbedding.from_hf_config({**g, "rope_local_base_freq": 20000.0},
                                           layer_type="sliding_attention").base == 20000.0
+    g["rope_parameters"]["sliding_attention"] = None  # null: filled as well
+    assert RotaryEmbedding.from_hf_config(g, layer_type="sliding_attention").base == 10000.0
     del g["rope_parameters"]["sliding_attention"]
     assert RotaryEmbedding.from_hf_config(g, layer_type="sliding_attention").base == 10000.0
     # other models' nested files are read as they are

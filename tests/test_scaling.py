@@ -376,3 +376,21 @@ def test_reference_precision_refuses_numbers_past_float32(kwargs, name):
             RotaryEmbedding(64, 4096, **kwargs)
     inv_freq = RotaryEmbedding(64, 4096, precision="exact", **kwargs).inv_freq
     assert np.all(np.isfinite(inv_freq)) and np.all(inv_freq > 0)
+
+
+def test_float32_range_checks_what_reaches_float32_only():
+    """YaRN's factor times the largest base power overflowed (9 of 32 frequencies 0 at factor 1e37) and dynamic
+    NTK's grown base did when served (cos = 1 at every position); fields the reference keeps in Python floats
+    (YaRN's betas) and values that round to float32's largest are fine."""
+    with pytest.raises(ValueError, match=r"^scaling\['factor'\] \(yarn: factor \* base"):
+        RotaryEmbedding(64, 4096, scaling={"rope_type": "yarn", "factor": 1e37})
+    dynamic = RotaryEmbedding(64, 4096, scaling={"rope_type": "dynamic", "factor": 1e36})
+    dynamic.cos_sin(4096)
+    with pytest.raises(ValueError, match=r"^seq_len: dynamic NTK's base at seq_len=8192 is 1.45e\+41, past float32"):
+        dynamic.cos_sin(8192)
+    assert dynamic.max_seq_len_cached == 4096
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RotaryEmbedding(64, 4096, scaling={"rope_type": "yarn", "factor": 2.0, "beta_fast": 1e39})
+        inv_freq = RotaryEmbedding(64, 4096, scaling={"rope_type": "linear", "factor": 3.4028235e38}).inv_freq
+    assert np.all(inv_freq > 0)
