@@ -487,3 +487,17 @@ def test_inspect_names_the_factor_whose_extended_context_overflows(tmp_path, cap
     assert rc == 2 and "error: scaling['factor']: the frequencies overflow at the extended context (4.1e+303" in err
     rc, _, _ = run_cli(["tables", "--config", str(cfg), "--seq-len", "4"], capsys)
     assert rc == 0
+
+
+def test_inspect_describes_a_config_reference_precision_cannot_hold(tmp_path, capsys):
+    """A base past float32's range cannot be built in reference precision; inspect (float64 figures) still
+    describes it, and plot --error says that its comparison needs reference precision, without pointing to a
+    --precision option the command does not have."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
+                               "max_position_embeddings": 4096, "rope_theta": 1e39}))
+    rc, out, _ = run_cli(["inspect", str(cfg)], capsys)
+    assert rc == 0 and "base (rope_theta)         1e+39" in out
+    if _has_matplotlib():
+        rc, _, err = run_cli(["plot", str(cfg), "-o", str(tmp_path / "f.png"), "--error"], capsys)
+        assert rc == 2 and "error: --error: " in err and "plot it without --error" in err and "--precision" not in err
