@@ -112,7 +112,8 @@ __device__ __forceinline__ void rope_store(rope_bf16* p, double v) { p->bits = r
 // Grid x: frequency j (a thread writes columns j and j + half of both tables), grid y: row i. Tables are
 // (rows, 2 * half), C-contiguous.
 
-// Reference precision: float32 angle, float32 sincosf, float32 tables.
+// Reference precision: float32 angle, its sin and cos in double rounded once to float32 (the Numba backend's
+// rounding: CUDA's sincosf is within 2 ulp, not correctly rounded), float32 tables.
 extern "C" __global__ void rope_table_ref(const float* __restrict__ inv_freq, long long start, long long rows,
                                           int half, float divisor, float scale, int use_divisor, int use_scale,
                                           float* __restrict__ cos_out, float* __restrict__ sin_out) {
@@ -127,8 +128,9 @@ extern "C" __global__ void rope_table_ref(const float* __restrict__ inv_freq, lo
         #pragma unroll 1
         for (int j = (int)(blockIdx.x * blockDim.x + threadIdx.x); j < half; j += col_stride) {
             const float angle = __fmul_rn(t, inv_freq[j]);
-            float s, c;
-            sincosf(angle, &s, &c);
+            double sd, cd;
+            sincos((double)angle, &sd, &cd);
+            float s = __double2float_rn(sd), c = __double2float_rn(cd);
             if (use_scale) {
                 c = __fmul_rn(c, scale);
                 s = __fmul_rn(s, scale);
