@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ._xp import device_scope
 from .scaling import Frequencies
 
 
@@ -104,8 +105,9 @@ class Table:
                     f"({2 * new * dim * self.dtype.itemsize / 2**30:.3g} GiB), more than this machine can allocate"
                 ) from None
             if old:
-                cos[:old] = snap.cos[:old]
-                sin[:old] = snap.sin[:old]
+                with device_scope(cos):  # CuPy copies on the current device: make it the table's
+                    cos[:old] = snap.cos[:old]
+                    sin[:old] = snap.sin[:old]
             self.backend.build_rows(self._prepared, old, cos[old:], sin[old:])
             self.stats.builds += 1
             self.stats.rows_computed += new - old

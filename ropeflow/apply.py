@@ -254,14 +254,14 @@ class RotaryJob:
         """The inverse of a "deepseek" rotation, which took pairs ``(2j, 2j + 1)`` to ``(j, j + half)``: the
         "half" inverse rotation of the halves, written back to the pairs they came from. The arithmetic is the
         "half" kernel's (float64, rounded once); the scatter copies values."""
-        with _xp.device_scope(self.x4):  # CuPy allocates on the current device: make it x's
+        with _xp.device_scope(self.x4):  # CuPy allocates and copies on the current device: make it x's
             halves = _xp.array_module(self.x4).empty_like(self.x4)
-        self.backend.apply(self.x4, halves, self.cos, self.sin, self.positions, "half", self.rotary_dim, True)
-        r, h = self.rotary_dim, self.rotary_dim // 2
-        self.out4[..., 0:r:2] = halves[..., :h]
-        self.out4[..., 1:r:2] = halves[..., h:r]
-        if r < self.x4.shape[-1]:
-            self.out4[..., r:] = halves[..., r:]
+            self.backend.apply(self.x4, halves, self.cos, self.sin, self.positions, "half", self.rotary_dim, True)
+            r, h = self.rotary_dim, self.rotary_dim // 2
+            self.out4[..., 0:r:2] = halves[..., :h]
+            self.out4[..., 1:r:2] = halves[..., h:r]
+            if r < self.x4.shape[-1]:
+                self.out4[..., r:] = halves[..., r:]
 
 
 def check_tables(x: Any, cos: Any, sin: Any) -> tuple[Any, Any]:

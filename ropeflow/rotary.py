@@ -458,10 +458,11 @@ class RotaryEmbedding:
         q_out = k_out = None
         if out is not None:
             q_out, k_out = _native_outs(out, q, k)
-            if k is not None and shares_memory(k, q_out, exact=True):
-                k = k.copy()  # q's results would overwrite k before k is read
-            if k is not None and shares_memory(q, k_out, exact=True):
-                q = q.copy()
+            with _xp.device_scope(q):  # CuPy copies on the current device: make it q's
+                if k is not None and shares_memory(k, q_out, exact=True):
+                    k = k.copy()  # q's results would overwrite k before k is read
+                if k is not None and shares_memory(q, k_out, exact=True):
+                    q = q.copy()
         backend = resolve(self._requested_backend, q)
         xp = _xp.array_module(q)
         n_batch, n_seq = int(q4.shape[0]), int(q4.shape[2])
@@ -480,9 +481,10 @@ class RotaryEmbedding:
                 positions, longest = positions_of(xp, position_ids, offset, n_batch, n_seq, sys.maxsize)
                 name = "offset" if position_ids is None else "position_ids"
         if longest is None:  # device position_ids: the table length needs their maximum (one device sync)
-            longest = int(positions.max()) + 1
-            if longest - 1 < 0 or int(positions.min()) < 0:
-                raise ValueError("position_ids: positions must be >= 0")
+            with _xp.device_scope(q):
+                longest = int(positions.max()) + 1
+                if longest - 1 < 0 or int(positions.min()) < 0:
+                    raise ValueError("position_ids: positions must be >= 0")
         self._check_reference_positions(longest, name)
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
         def checked(cos: Any, sin: Any) -> tuple[Any, Any]:
