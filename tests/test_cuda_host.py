@@ -478,6 +478,18 @@ def test_byte_strides_not_multiple_of_itemsize_are_refused():
                            error=np.zeros(3, np.int64))
 
 
+def test_data_address_not_multiple_of_itemsize_is_refused():
+    """A view at an odd byte offset with element-multiple strides passed the stride check: on a GPU each access
+    is a misaligned-address fault, which poisons the whole CUDA context (x86 hides it here)."""
+    raw = np.zeros(4096, np.uint8)
+    x = np.ndarray((1, 1, 2, 8), np.float32, buffer=raw, offset=2, strides=(64, 64, 32, 4))
+    out = np.zeros((1, 1, 2, 8), np.float32)
+    tab = np.ones((4, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^q: its data address 0x[0-9a-f]+ is not a multiple of the itemsize 4"):
+        _cupy.apply_launch(x, out, tab, tab, np.zeros((1, 2), np.int64), "half", 8, False,
+                           error=np.zeros(3, np.int64))
+
+
 def test_marshal_checks_count_kind_and_size(kernels):
     params = kernels.params["rope_table_ref"]
     f = np.zeros(4, np.float32)

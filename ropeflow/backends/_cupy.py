@@ -167,12 +167,20 @@ def device_of(a: Any) -> Any:
 
 
 def element_strides(a: Any, name: str) -> tuple[int, ...]:
-    """``a``'s strides in elements; a byte stride that is not a multiple of the itemsize is a ValueError."""
+    """``a``'s strides in elements; a byte stride, or a data address, that is not a multiple of the itemsize is
+    a ValueError (on a GPU a misaligned element is a fault that poisons the whole CUDA context)."""
     size = a.itemsize
     bad = [s for s in a.strides if s % size]
     if bad:
         raise ValueError(f"{name}: byte strides {tuple(a.strides)} are not multiples of the itemsize {size}; the "
                          "cupy kernels address elements (pass a copy, e.g. cupy.ascontiguousarray)")
+    if isinstance(a, np.ndarray):  # the host harness (a NumPy .data is a memoryview, refused for bfloat16)
+        address = a.__array_interface__["data"][0]
+    else:
+        address = getattr(getattr(a, "data", None), "ptr", None)  # CuPy
+    if address is not None and a.size and address % size:
+        raise ValueError(f"{name}: its data address {address:#x} is not a multiple of the itemsize {size} (a "
+                         "view at an odd byte offset); pass a copy, e.g. cupy.ascontiguousarray")
     return tuple(s // size for s in a.strides)
 
 
