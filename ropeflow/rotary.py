@@ -221,7 +221,11 @@ class RotaryEmbedding:
         # then costs two dict lookups and a slice.
         self._fixed: dict[tuple, Table] = {}
         self._freqs_by_len: dict[int | None, Frequencies] = {}
-        self._base_freqs = self._frequencies(None)
+        if override is None:
+            self._base_freqs = self._frequencies(None)
+        else:  # only the attention scaling is used: a base past float32 may overflow on the way
+            with np.errstate(over="ignore"):
+                self._base_freqs = self._frequencies(None)
         if override is not None:
             self._base_freqs = Frequencies(override, self._base_freqs.attention_scaling)
             self._freqs_by_len[None] = self._base_freqs

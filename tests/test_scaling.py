@@ -393,4 +393,5 @@ def test_float32_range_checks_what_reaches_float32_only():
         warnings.simplefilter("error")
         RotaryEmbedding(64, 4096, scaling={"rope_type": "yarn", "factor": 2.0, "beta_fast": 1e39})
         inv_freq = RotaryEmbedding(64, 4096, scaling={"rope_type": "linear", "factor": 3.4028235e38}).inv_freq
-    assert np.all(inv_freq > 0)
+        override = RotaryEmbedding(64, 4096, base=1e39, inv_freq=np.full(32, 0.5))  # the base is not used
+    assert np.all(inv_freq > 0) and np.array_equal(override.inv_freq, np.full(32, 0.5, np.float32))
