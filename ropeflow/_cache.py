@@ -190,5 +190,19 @@ def publish(table: Table) -> None:
         _registry.setdefault(key, table)
 
 
+def live_table_arrays() -> list[Any]:
+    """The native (NumPy or CuPy) cos and sin arrays every shared table serves now: its rows and its dtype
+    casts (the memos for torch and JAX callers are views of these)."""
+    with _registry_lock:
+        tables = list(_registry.values())
+    arrays: list[Any] = []
+    for table in tables:
+        snap = table._snapshot
+        if snap.cos is not None:
+            arrays += [snap.cos, snap.sin]
+        arrays += [a for key, cast in list(table._casts.items()) if isinstance(key, str) for a in (cast.cos, cast.sin)]
+    return arrays
+
+
 def _key(backend: Any, device: Any, freqs: Frequencies, dtype: Any, limit: int, grow: bool) -> tuple:
     return (backend.name, device, freqs.key(), np.dtype(dtype).str, limit, grow)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _xp
-from ._cache import Table, publish, shared_table
+from ._cache import Table, live_table_arrays, publish, shared_table
 from ._hotpath import host_apply, host_table_hit, torch_host_apply
 from ._interop import (
     from_native,
@@ -492,11 +492,13 @@ class RotaryEmbedding:
         self._check_reference_positions(longest, name)
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
         def checked(cos: Any, sin: Any) -> tuple[Any, Any]:
-            if out is not None:  # torch (and CuPy) views of the cached tables are writeable: not into them
+            if out is not None:  # torch (and CuPy) views of cached tables are writeable: not into them
+                tables = [cos, sin] + [a for a in live_table_arrays() if _xp.is_cupy(a) == _xp.is_cupy(q)]
                 for out_name, o in (("out[0] (q_out)", q_out), ("out[1] (k_out)", k_out)):
-                    if o is not None and (shares_memory(o, cos) or shares_memory(o, sin)):
+                    if o is not None and any(shares_memory(o, t) for t in tables):
                         raise ValueError(f"{out_name}: shares memory with the cached cos/sin tables (a view of "
-                                         "rope(...) or cos_sin(...)); pass a separate array")
+                                         "rope(...) or cos_sin(...), of this or another embedding); pass a "
+                                         "separate array")
             if ids3 is None:
                 return cos, sin
             with _xp.device_scope(q):  # M-RoPE: per-token tables, row b * seq + s for token (b, s)

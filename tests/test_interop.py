@@ -261,6 +261,25 @@ def test_out_refuses_the_cached_tables():
     assert torch.equal(cos, before[0]) and torch.equal(sin, before[1])
 
 
+def test_out_refuses_tables_another_embedding_serves():
+    """The check covered only the tables the call itself served: a torch view of another embedding's table (or
+    of this one's base table after DeepSeek's policy moved on) was written, and that embedding's later calls
+    read the rotated values."""
+    other = RotaryEmbedding(16, 64, base=20000.0)
+    view, _ = other(torch.ones(1, 1, 10, 16))
+    before = view.clone()
+    rope = RotaryEmbedding(16, 64)
+    with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): shares memory with the cached cos/sin tables .*"
+                                         r"another embedding"):
+        rope.apply(torch.ones(1, 1, 10, 16), out=(view.view(1, 1, 10, 16), None))
+    deepseek = RotaryEmbedding(16, 64, scaling={"type": "dynamic", "factor": 2.0}, dynamic_policy="reference")
+    base_view, _ = deepseek(torch.ones(1, 1, 10, 16))
+    deepseek(torch.ones(1, 1, 100, 16))  # now serves the scaled table; the base one stays shared
+    with pytest.raises(ValueError, match=r"^out\[0\] \(q_out\): shares memory with the cached cos/sin tables"):
+        deepseek.apply(torch.ones(1, 1, 10, 16), out=(base_view.view(1, 1, 10, 16), None))
+    assert torch.equal(view, before)
+
+
 @pytest.mark.parametrize("policy", ["stateless", "hf"])  # "reference" keeps the scaled table: no overlap
 def test_refused_table_view_out_leaves_the_dynamic_state(policy):
     """The check of ``out`` against the tables ran after the tables were served: the refused call had already
