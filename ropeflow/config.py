@@ -43,6 +43,8 @@ _SCALED_TYPES = ("llama3", "yarn", "longrope")
 #: Keys of a rope dict that are not scaling fields.
 _NON_SCALING_KEYS = ("rope_theta", "partial_rotary_factor")
 DEFAULT_LAYER_TYPE = "full_attention"
+#: transformers' attention layer types that apply RoPE: any of them reads a config's one rotary configuration
+_ROTARY_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -275,6 +277,11 @@ def rope_settings(config: Any, layer_type: str | None = None) -> dict[str, Any]:
     if layer_type is not None:
         if not isinstance(layer_type, str):
             raise TypeError(f"layer_type: expected a string, got {layer_type!r} ({type(layer_type).__name__})")
+        if layer_type not in sections and f.cfg.get("layer_types") is None and list(sections) == [
+                DEFAULT_LAYER_TYPE] and layer_type in _ROTARY_LAYER_TYPES:
+            # no layer_types stated and one rotary configuration: transformers' config classes may still list
+            # sliding or chunked layers (Gemma 2's object does), and every one of them reads these settings
+            layer_type = DEFAULT_LAYER_TYPE
         if layer_type not in sections:
             raise ValueError(f"layer_type: {layer_type!r} is not a layer type of this config; available: "
                              f"{', '.join(map(repr, available))}")

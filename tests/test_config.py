@@ -523,3 +523,18 @@ def test_yarn_mscale_enters_the_softmax_scale_of_mla_models_only():
     mla = {**ministral3, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64}
     m = 0.1 * math.log(16.0) + 1.0
     assert ropeflow.softmax_scale(mla) == pytest.approx(192**-0.5 * m * m, rel=1e-15)
+
+
+def test_a_layer_type_the_file_does_not_list_reads_its_one_rotary_config():
+    """transformers' Gemma 2 config object lists sliding and full layers although the file states no
+    layer_types; ``layer_type="sliding_attention"`` worked on the object and was refused on the same dict."""
+    gemma2 = _load("gemma-2-9b-it")
+    assert "layer_types" not in gemma2
+    plain = RotaryEmbedding.from_hf_config(gemma2)
+    for layer_type in ("sliding_attention", "chunked_attention"):
+        rope = RotaryEmbedding.from_hf_config(gemma2, layer_type=layer_type)
+        assert (rope.dim, rope.base, rope.scaling) == (plain.dim, plain.base, plain.scaling)
+    with pytest.raises(ValueError, match=r"^layer_type: 'sliding_atention' is not a layer type"):
+        RotaryEmbedding.from_hf_config(gemma2, layer_type="sliding_atention")
+    with pytest.raises(ValueError, match=r"^layer_type: 'sliding_attention' is not a layer type"):
+        RotaryEmbedding.from_hf_config({**gemma2, "layer_types": ["full_attention"]}, layer_type="sliding_attention")
