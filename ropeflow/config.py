@@ -43,8 +43,9 @@ _SCALED_TYPES = ("llama3", "yarn", "longrope")
 #: Keys of a rope dict that are not scaling fields.
 _NON_SCALING_KEYS = ("rope_theta", "partial_rotary_factor")
 DEFAULT_LAYER_TYPE = "full_attention"
-#: transformers' attention layer types that apply RoPE: any of them reads a config's one rotary configuration
-_ROTARY_LAYER_TYPES = ("full_attention", "sliding_attention", "chunked_attention")
+#: Model types whose transformers config class lists layer types a file may leave out, all of them reading the
+#: file's one rotary configuration (other models' sliding layers may have their own base: MiMo's swa_rope_theta)
+_UNIFORM_LAYER_TYPES = {"gemma2": ("sliding_attention", "full_attention")}
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -278,9 +279,9 @@ def rope_settings(config: Any, layer_type: str | None = None) -> dict[str, Any]:
         if not isinstance(layer_type, str):
             raise TypeError(f"layer_type: expected a string, got {layer_type!r} ({type(layer_type).__name__})")
         if layer_type not in sections and f.cfg.get("layer_types") is None and list(sections) == [
-                DEFAULT_LAYER_TYPE] and layer_type in _ROTARY_LAYER_TYPES:
-            # no layer_types stated and one rotary configuration: transformers' config classes may still list
-            # sliding or chunked layers (Gemma 2's object does), and every one of them reads these settings
+                DEFAULT_LAYER_TYPE] and layer_type in _UNIFORM_LAYER_TYPES.get(f.model_type, ()):
+            # no layer_types stated: the model's config class lists them anyway (Gemma 2's alternates sliding
+            # and full layers), and every one reads the one rotary configuration
             layer_type = DEFAULT_LAYER_TYPE
         if layer_type not in sections:
             raise ValueError(f"layer_type: {layer_type!r} is not a layer type of this config; available: "

@@ -224,7 +224,7 @@ class RotaryEmbedding:
         if override is None:
             self._base_freqs = self._frequencies(None)
         else:  # only the attention scaling is used: a base past float32 may overflow on the way
-            with np.errstate(over="ignore"):
+            with np.errstate(all="ignore"):
                 self._base_freqs = self._frequencies(None)
         if override is not None:
             self._base_freqs = Frequencies(override, self._base_freqs.attention_scaling)
@@ -493,7 +493,11 @@ class RotaryEmbedding:
         table_dtype = "float64" if _xp.dtype_name(q.dtype) == "float64" else "float32"
         def checked(cos: Any, sin: Any) -> tuple[Any, Any]:
             if out is not None:  # torch (and CuPy) views of cached tables are writeable: not into them
-                tables = [cos, sin] + [a for a in live_table_arrays() if _xp.is_cupy(a) == _xp.is_cupy(q)]
+                tables = [cos, sin]
+                if any(o is not None and type(o) is not np.ndarray for o in out):  # the caller's own arrays
+                    # NumPy views of the (read-only) tables cannot be writeable outputs: only other libraries'
+                    # outputs are compared with every shared table
+                    tables += [a for a in live_table_arrays() if _xp.is_cupy(a) == _xp.is_cupy(q)]
                 for out_name, o in (("out[0] (q_out)", q_out), ("out[1] (k_out)", k_out)):
                     if o is not None and any(shares_memory(o, t) for t in tables):
                         raise ValueError(f"{out_name}: shares memory with the cached cos/sin tables (a view of "
@@ -510,7 +514,8 @@ class RotaryEmbedding:
             with _xp.device_scope(q):
                 positions = xp.arange(n_batch * n_seq, dtype=np.int64).reshape(n_batch, n_seq)
         if out is not None:
-            positions = positions_apart(positions, q_out, k_out)
+            with _xp.device_scope(q):
+                positions = positions_apart(positions, q_out, k_out)
         # the (batch, seq) rows computed above serve q and k alike (k has q's batch and seq, any head count)
         job_args = (seq_axis, cos, sin, positions, layout, self.dim, False)
         with _xp.device_scope(q):

@@ -394,4 +394,7 @@ def test_float32_range_checks_what_reaches_float32_only():
         RotaryEmbedding(64, 4096, scaling={"rope_type": "yarn", "factor": 2.0, "beta_fast": 1e39})
         inv_freq = RotaryEmbedding(64, 4096, scaling={"rope_type": "linear", "factor": 3.4028235e38}).inv_freq
         override = RotaryEmbedding(64, 4096, base=1e39, inv_freq=np.full(32, 0.5))  # the base is not used
+        RotaryEmbedding(64, 4096, base=1e39, inv_freq=np.full(32, 0.5),
+                        scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                 "original_max_position_embeddings": 8192})
     assert np.all(inv_freq > 0) and np.array_equal(override.inv_freq, np.full(32, 0.5, np.float32))

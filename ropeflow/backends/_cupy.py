@@ -180,7 +180,7 @@ def element_strides(a: Any, name: str) -> tuple[int, ...]:
         address = getattr(getattr(a, "data", None), "ptr", None)  # CuPy
     if address is not None and a.size and address % size:
         raise ValueError(f"{name}: its data address {address:#x} is not a multiple of the itemsize {size} (a "
-                         "view at an odd byte offset); pass a copy, e.g. cupy.ascontiguousarray")
+                         "view at a byte offset that is not a multiple of it); pass a copy, e.g. x.copy()")
     return tuple(s // size for s in a.strides)
 
 
