@@ -16,14 +16,12 @@ from typing import Any
 import numpy as np
 
 from . import presets
-from .config import language_config, layer_types, load_config, softmax_scale
+from .config import language_config, layer_types, load_config, softmax_scale, softmax_scale_multiplier
 from .rotary import RotaryEmbedding
 from .scaling import (
     DynamicScaling,
     LongRopeScaling,
-    YarnScaling,
     compute_frequencies,
-    get_mscale,
     longrope_factor_and_original,
     standard_inv_freq,
 )
@@ -147,11 +145,7 @@ def report(label: str, config: dict[str, Any], layer_type: str | None = None) ->
     cfg = rope.scaling
     original, stated, extended, note = _contexts(rope)
     wavelength, _ = spectrum(rope)
-    multiplier = 1.0
-    text = language_config(config)
-    mla = text.get("qk_nope_head_dim") is not None and text.get("qk_rope_head_dim") is not None
-    if mla and isinstance(cfg, YarnScaling) and cfg.mscale_all_dim:  # as softmax_scale: MLA models only
-        multiplier = get_mscale(cfg.factor, cfg.mscale_all_dim) ** 2
+    multiplier = softmax_scale_multiplier(config, cfg)
     try:
         scale: float | None = softmax_scale(config, layer_type)
     except (ValueError, TypeError, KeyError):  # the config does not state its query head dimension

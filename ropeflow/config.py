@@ -443,19 +443,18 @@ def softmax_scale(config: Any, layer_type: str | None = None) -> float:
     ``hidden_size // num_attention_heads``. ``layer_type``: as for ``from_hf_config`` (configs whose layer types
     have different rotary settings need one).
     """
-    from .scaling import YarnScaling, get_mscale, parse_scaling, validate_scaling
+    from .scaling import parse_scaling, validate_scaling
 
     f = _Fields(language_config(config))
     pre_attn, multiplier = f.get("query_pre_attn_scalar"), f.get("attention_multiplier")
     nope, rope = f.get("qk_nope_head_dim"), f.get("qk_rope_head_dim")
-    mla = nope is not None and rope is not None  # DeepSeek's multi-head latent attention (and its ports)
     if f.model_type in _UNIT_SOFTMAX_SCALE:
         return 1.0  # whatever the rotary settings (Gemma 4's "proportional" type included)
     if pre_attn is not None:
         base = float(_check_number("config['query_pre_attn_scalar']", pre_attn, minimum=0, strict=True)) ** -0.5
     elif multiplier is not None:
         base = float(_check_number("config['attention_multiplier']", multiplier, minimum=0, strict=True))
-    elif mla:
+    elif _is_mla(f):
         base = float(_int_field("qk_nope_head_dim", nope, 0) + _int_field("qk_rope_head_dim", rope)) ** -0.5
     else:
         base = float(_head_dim(f)) ** -0.5
@@ -465,10 +464,29 @@ def softmax_scale(config: Any, layer_type: str | None = None) -> float:
         scaling = parse_scaling(settings["scaling"])  # validated as from_hf_config validates it
     if scaling is not None:
         validate_scaling(scaling, settings["dim"])
-    if mla and isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:  # transformers: MLA models only
-        m = get_mscale(float(scaling.factor), float(scaling.mscale_all_dim))
-        return base * m * m  # yarn_softmax_scale's order of operations
-    return base
+    m = _mla_mscale(f, scaling)
+    return base * m * m  # yarn_softmax_scale's order of operations (m = 1: base itself)
+
+
+def _is_mla(f: _Fields) -> bool:
+    """Multi-head latent attention (DeepSeek-V2/V3 and its ports): ``qk_nope_head_dim`` and ``qk_rope_head_dim``."""
+    return f.get("qk_nope_head_dim") is not None and f.get("qk_rope_head_dim") is not None
+
+
+def _mla_mscale(f: _Fields, scaling: Any) -> float:
+    """``get_mscale(factor, mscale_all_dim)``, which transformers' attention squares into the softmax scale of
+    MLA models with YaRN's ``mscale_all_dim`` (``yarn_apply_mscale``); 1.0 for every other config."""
+    from .scaling import YarnScaling, get_mscale
+
+    if _is_mla(f) and isinstance(scaling, YarnScaling) and scaling.mscale_all_dim:
+        return get_mscale(float(scaling.factor), float(scaling.mscale_all_dim))
+    return 1.0
+
+
+def softmax_scale_multiplier(config: Any, scaling: Any) -> float:
+    """What ``config``'s attention multiplies its plain softmax scale by for the parsed ``scaling``:
+    :func:`_mla_mscale` squared (DeepSeek-V3: 1.87385), else 1."""
+    return _mla_mscale(_Fields(language_config(config)), scaling) ** 2
 
 
 __all__ = ["language_config", "layer_types", "load_config", "rope_settings", "softmax_scale"]

@@ -292,6 +292,13 @@ def _check_attention_scaling(name: str, scaling: float) -> float:
     return scaling
 
 
+def _past_float32(value: float) -> bool:
+    """Whether ``value`` becomes inf in float32 (rounded to nearest: values just past the largest float32 that
+    round down to it do not)."""
+    with np.errstate(over="ignore"):
+        return not np.isfinite(np.float32(value))
+
+
 def check_float32_range(base: float | None, cfg: ScalingConfig | None, dim: int) -> None:
     """Reference precision: every number the frequencies take to float32, as the PyTorch reference does, must
     stay finite there (past float32's range it becomes inf, and the frequencies 0: one table for every
@@ -317,9 +324,7 @@ def check_float32_range(base: float | None, cfg: ScalingConfig | None, dim: int)
             named += [(f"scaling['{name}'][{i}] (times base ** ((dim - 2) / dim))", v * top)
                       for i, v in enumerate(getattr(cfg, name))]
     for name, value in named:
-        with np.errstate(over="ignore"):
-            overflows = not np.isfinite(np.float32(value))
-        if overflows:
+        if _past_float32(value):
             raise ValueError(f"{name}: reference precision computes in float32, as the PyTorch reference does, "
                              f"where this overflows ({value:.4g} > {float(np.finfo(np.float32).max):.4g}). Use "
                              "precision='exact' (float64)")
@@ -534,9 +539,7 @@ def dynamic_base(base: float, factor: float, seq_len: int, max_pos: int, dim: in
 def _dynamic(cfg: DynamicScaling, dim, base, max_pos, precision, seq_len) -> Frequencies:
     length = max_pos if seq_len is None else seq_len
     grown = dynamic_base(base, cfg.factor, length, max_pos, dim)
-    with np.errstate(over="ignore"):
-        past_float32 = precision == "reference" and not np.isfinite(np.float32(grown))
-    if past_float32:  # the reference takes the grown base to float32: inf, and every frequency 0
+    if precision == "reference" and _past_float32(grown):  # the reference takes it to float32: inf, frequencies 0
         raise ValueError(f"seq_len: dynamic NTK's base at seq_len={length} is {grown:.4g}, past float32's range, "
                          "where reference precision computes (as the PyTorch reference does). Use "
                          "precision='exact' (float64)")
