@@ -125,17 +125,24 @@ def _near_tie_case(dtype: np.dtype, n_seq: int, dim: int, seed: int) -> tuple[np
     return x.astype(dtype), cos, sin
 
 
+def _in_layout(x: np.ndarray, layout: str) -> np.ndarray:
+    """x's "half" pairs moved to ``layout``'s channels."""
+    if layout == "half":
+        return x
+    pairs = _pairs(x, "half")
+    moved = np.empty_like(x)
+    first, second = _pairs(moved, layout)
+    first[...], second[...] = pairs
+    return moved
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
 def test_results_at_and_beside_midpoints_are_rounded_once(dtype, layout):
     """Products on a midpoint round to even and products beside it round to the nearer side, as from the
     exact value: float32 arithmetic alone gets some of them wrong, the certified path none."""
     x, cos, sin = _near_tie_case(dtype, 96, 64, seed=3)
-    if layout != "half":  # the same pairs, moved to the layout's channels
-        pairs = _pairs(x, "half")
-        x = np.empty_like(x)
-        first, second = _pairs(x, layout)
-        first[...], second[...] = pairs
+    x = _in_layout(x, layout)
     want = _reference(x, cos, sin, layout)
     for got in _rotated_both_ways(x, cos, sin, layout):
         _same_bits(got, want)
@@ -150,10 +157,9 @@ def test_results_at_and_beside_midpoints_are_rounded_once(dtype, layout):
             .view(np.uint16)).any()
 
 
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
-def test_specials_signed_zeros_subnormals_and_overflow(dtype):
-    """inf, NaN, signed zeros, the format's subnormals, results that overflow, and zero rows: the same bits
-    as the float64 formula (NaN: any NaN)."""
+def _specials_case(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (3, 40, 32) of inf, NaN, signed zeros, subnormals, the largest values and a zero head, and "half"
+    tables scaled by 1.7 in places (sums of two maxima overflow) with a signed zero."""
     rng = np.random.default_rng(5)
     grid = _grid(dtype)
     specials = np.array([np.inf, -np.inf, np.nan, 0.0, -0.0, grid[0], -grid[0], grid[5], grid[-1], -grid[-1],
@@ -162,12 +168,18 @@ def test_specials_signed_zeros_subnormals_and_overflow(dtype):
     values = rng.choice(np.concatenate([specials, rng.choice(grid, 50), -rng.choice(grid, 50)]), (3, n_seq, dim))
     values[2] = 0.0  # a zero head (padding): signed zeros from the signs of the table values
     values[2, :, ::3] = -0.0
-    x = values.astype(dtype)
     angles = np.arange(n_seq)[:, None] * 10.0 ** -np.arange(dim // 2)[None] * 3.0
     c, s = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
     c[::7] *= np.float32(1.7)  # scaled tables (YaRN's attention factor): sums of two maxima overflow
     s[3, :4] = -0.0
-    cos, sin = np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+    return values.astype(dtype), np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_specials_signed_zeros_subnormals_and_overflow(dtype):
+    """inf, NaN, signed zeros, the format's subnormals, results that overflow, and zero rows: the same bits
+    as the float64 formula (NaN: any NaN)."""
+    x, cos, sin = _specials_case(dtype)
     for layout in LAYOUTS:
         with np.errstate(all="ignore"):
             want = _reference(x, cos, sin, layout)
@@ -175,20 +187,25 @@ def test_specials_signed_zeros_subnormals_and_overflow(dtype):
             _same_bits(got, want)
 
 
-@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
-def test_tiny_table_values_and_tiny_inputs(dtype):
-    """Table values in (0, 2**-60) (their tiles take the float64 path) and bfloat16 inputs below 2**-50,
-    subnormals included (their pairs take it): products that would underflow float32 stay exact."""
+def _tiny_case(dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x (2, 48, 16), its second head (bfloat16) scaled into [2**-140, 2**-40), and "half" tables whose sin
+    values past the first 16 rows lie in [2**-149, 2**-55): products far below float32's normal range."""
     rng = np.random.default_rng(9)
     n_seq, dim = 48, 16
     x = rng.standard_normal((2, n_seq, dim))
     if dtype == BF16:
         x[1] *= 2.0 ** rng.integers(-140, -40, (n_seq, dim))
-    x = x.astype(dtype)
     c = rng.standard_normal((n_seq, dim // 2)).astype(np.float32)
     s = (rng.standard_normal((n_seq, dim // 2)) * 2.0 ** rng.integers(-149, -55, (n_seq, dim // 2))).astype(np.float32)
     s[:16] = rng.standard_normal((16, dim // 2))  # the first tile is ordinary
-    cos, sin = np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+    return x.astype(dtype), np.concatenate([c, c], 1), np.concatenate([s, s], 1)
+
+
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=["float16", "bfloat16"])
+def test_tiny_table_values_and_tiny_inputs(dtype):
+    """Table values in (0, 2**-60) (their tiles take the float64 path) and bfloat16 inputs below 2**-50,
+    subnormals included (their pairs take it): products that would underflow float32 stay exact."""
+    x, cos, sin = _tiny_case(dtype)
     for layout in LAYOUTS:
         want = _reference(x, cos, sin, layout)
         for got in _rotated_both_ways(x, cos, sin, layout):
@@ -465,3 +482,32 @@ def test_the_certified_path_end_to_end_where_the_cpu_skips_it(tmp_path):
                           timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "all equal" in done.stdout
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_bfloat16_word_rows_are_rounded_once_at_ties_specials_and_subnormals(layout, monkeypatch):
+    """bfloat16 word rows (parallel work) are rounded through float32 with ties away from zero, and a row
+    holding a bfloat16 midpoint there is rounded again, exactly (``_bf16_word_checked``): the near-tie,
+    special and tiny cases above give the formula's bits there too, and so do tables holding inf and NaNs
+    of any payload (their tiles take the exact rounding: a payload's lower half would carry into the sign)."""
+    monkeypatch.setattr(_numba, "BF16_WORDS", True)
+    monkeypatch.setattr(_numba, "SERIAL_ELEMENTS", 0)
+    taken = []
+    word_views = _numba._word_views
+    monkeypatch.setattr(_numba, "_word_views", lambda *arrays: taken.append(word_views(*arrays)) or taken[-1])
+    x, cos, sin = _near_tie_case(BF16, 96, 64, seed=4)
+    # the inputs do reach the rows that need the second rounding: float32 midpoints, on and beside the exact one
+    first = _pairs(x, "half")[0].astype(np.float64) * cos[:, :32] - _pairs(x, "half")[1] * sin[:, :32]
+    low = first.astype(np.float32).view(np.uint32) & 0xFFFF
+    assert (low == 0x8000).sum() > 100 and ((low == 0x8000) & (first != first.astype(np.float32))).any()
+    nan_cos = cos.copy()
+    payloads = np.array([0x7FFFFFFF, 0xFFFFFFFF, 0x7FC0FFFF, 0x7F800001], np.uint32).view(np.float32)
+    nan_cos[5, :4], nan_cos[40, 7], nan_cos[70, 3] = payloads, np.inf, -np.inf
+    plain = np.random.default_rng(6).standard_normal(x.shape).astype(BF16)  # rows without ties
+    cases = [(_in_layout(x, layout), cos, sin), (plain, nan_cos, sin), _specials_case(BF16), _tiny_case(BF16)]
+    for case_x, case_cos, case_sin in cases:
+        with np.errstate(all="ignore"):
+            want = _reference(case_x, case_cos, case_sin, layout)
+        taken.clear()
+        _same_bits(apply_rotary(case_x[None], case_cos, case_sin, layout=layout, backend="numba")[0], want)
+        assert taken and all(views is not None for views in taken)  # the word rows did the work

@@ -184,6 +184,51 @@ def test_vectorizable_codecs_equal_the_reference_codec(name):
         np.testing.assert_array_equal(nan_bits >> 15, np.signbit(samples[taken][is_nan]))  # with the input's sign
 
 
+
+def test_checked_bfloat16_words_equal_the_reference_codec_unless_they_report_a_tie():
+    """``_bf16_word_checked`` (float32 conversion, then half up on the bits; the bfloat16 word rows' first
+    rounding) gives ``_encode``'s bits for every value whose float32 rounding is not a bfloat16 midpoint, and
+    reports exactly those as ties: values on and beside midpoints, subnormal results, overflow, signed zeros,
+    inf, and the NaNs that bfloat16 inputs carry (payload in the upper half), which stay quiet NaNs."""
+    from numba import njit
+
+    dt = np.dtype(pytest.importorskip("ml_dtypes").bfloat16)
+    with np.errstate(invalid="ignore"):
+        values = np.arange(65536, dtype=np.uint16).view(dt).astype(np.float64)
+    finite = np.unique(values[np.isfinite(values)])
+    mids = (finite[:-1] + finite[1:]) / 2
+    gaps = finite[1:] - finite[:-1]
+    rng = np.random.default_rng(12)
+    samples = np.concatenate([
+        values, mids, np.nextafter(mids, np.inf), np.nextafter(mids, -np.inf),
+        mids + gaps * 2.0**-20, mids - gaps * 2.0**-20, mids + gaps * 2.0**-12,  # float32 rounds the first two
+        rng.standard_normal(20000) * 2.0 ** rng.integers(-155, 130, 20000),  # float32 subnormals to overflow
+        [np.inf, -np.inf, 0.0, -0.0, 1e300, -1e300, 1e-300, -1e-300, 3.4e38, 3.5e38, 5e-324, -5e-324],
+    ])
+    ref = njit(lambda vs: [_numba._encode(v, 7, 127) for v in vs])
+    low = njit(lambda vs, kind: [_numba._bf16_word_checked(v, 1.0, kind) for v in vs])
+    high = njit(lambda vs, kind: [_numba._bf16_word_checked(1.0, v, kind) for v in vs])
+    want = np.array(ref(samples)).astype(np.uint16)
+    with np.errstate(over="ignore"):
+        as_float32 = samples.astype(np.float32)
+    float32_tie = (as_float32.view(np.uint32) & 0xFFFF) == 0x8000
+    assert float32_tie.sum() > 1000 and (float32_tie & (samples != as_float32)).sum() > 1000  # on and beside
+    one = 0x3F80  # bfloat16 1.0, the other half of each word
+    for kind in (np.float64(0), np.float32(0)):
+        for encode, shift, other in ((low, 0, one << 16), (high, 16, one)):
+            pairs = encode(samples, kind)
+            words, ties = np.array([w for w, _ in pairs]), np.array([t for _, t in pairs])
+            np.testing.assert_array_equal(ties, float32_tie)
+            got = ((words >> shift) & 0xFFFF).astype(np.uint16)
+            compared = ~ties & ~np.isnan(samples)  # NaNs: below
+            np.testing.assert_array_equal(got[compared], want[compared])
+            np.testing.assert_array_equal(words & (0xFFFF << (16 - shift)), other)
+            nans = encode(values[np.isnan(values)], kind)
+            nan_bits = np.array([(w >> shift) & 0xFFFF for w, _ in nans], np.uint16)
+            assert np.isnan(nan_bits.view(dt).astype(np.float64)).all() and (nan_bits & 0x0040).all()
+            np.testing.assert_array_equal(nan_bits >> 15, np.signbit(values[np.isnan(values)]))
+
+
 _REFERENCE_CODECS = {}
 
 

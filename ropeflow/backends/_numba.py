@@ -907,63 +907,160 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
 # bfloat16 rows as uint32 words, two adjacent channels each (little-endian: the even channel in the lower
 # half), where the kernel is handed such views (see _Walk): one 32-bit load gives two inputs by a shift and a
 # mask, and one store takes two outputs, instead of a widening load and a narrowing store per 8 channels. The
-# arithmetic and the rounding are the element rows', value for value. For "half" and "deepseek" the tile rows
-# hold the even pairs' angles first, then the odd pairs' (widened so in _apply_tiles), so that each loop reads
-# them at unit stride.
+# arithmetic is the element rows', value for value, and so is the result: each row is rounded first by
+# _bf16_word_checked (a row it cannot vouch for is rounded again by _bf16_word). For "half" and "deepseek"
+# the tile rows hold the even pairs' angles first, then the odd pairs' (widened so in _apply_tiles), so that
+# each loop reads them at unit stride.
+def _bf16_pair_intrinsic(word: bool, doc: str) -> Any:
+    """A Numba intrinsic for :func:`_bf16_word_checked` on 32-bit integers (Numba would widen its integer
+    arithmetic to 64 bits, doubling the vector instructions): the word (``word``) or the tie flag."""
+
+    def typer(typingctx, lo, hi):
+        def codegen(context, builder, signature, args):
+            i32 = llvm_ir.IntType(32)
+            half_up = llvm_ir.Constant(i32, 0x8000)
+            lo_t = builder.add(builder.bitcast(args[0], i32), half_up)
+            hi_t = builder.add(builder.bitcast(args[1], i32), half_up)
+            if word:
+                return builder.or_(builder.lshr(lo_t, llvm_ir.Constant(i32, 16)),
+                                   builder.and_(hi_t, llvm_ir.Constant(i32, 0xFFFF0000)))
+            low16 = llvm_ir.Constant(i32, 0xFFFF)
+            zero = llvm_ir.Constant(i32, 0)
+            return builder.or_(builder.icmp_unsigned("==", builder.and_(lo_t, low16), zero),
+                               builder.icmp_unsigned("==", builder.and_(hi_t, low16), zero))
+
+        return (types.uint32 if word else types.boolean)(types.float32, types.float32), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_bf16_pair_word = _bf16_pair_intrinsic(True, "float32 ``lo``, ``hi`` -> the uint32 word of their bfloat16 "
+                                       "roundings, ties away from zero (see :func:`_bf16_word_checked`)")
+_bf16_pair_tie = _bf16_pair_intrinsic(False, "float32 ``lo``, ``hi`` -> whether either is a bfloat16 midpoint "
+                                      "(see :func:`_bf16_word_checked`)")
+
+
 @_jit(inline="always")
-def _rotate_half_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+def _bf16_word_checked(low, high, table_kind):
+    """:func:`_bf16_word`, the fast way: ``(word, tie)``, the word being :func:`_bf16_word`'s unless ``tie``.
+
+    Each float64 value ``v`` is converted to float32 by the hardware (``f``, to nearest even, subnormals
+    included), and ``bits(f) + 0x8000`` rounds ``f``'s bits to bfloat16, their upper half, with ties away
+    from zero (the carry runs into the exponent where it must: past the largest finite bfloat16 it gives
+    inf). That is ``v`` rounded once to nearest even unless ``f`` is a bfloat16 midpoint (lower half
+    ``0x8000``: ``tie``), because float32 holds every bfloat16 midpoint and rounding is monotone: ``v``
+    below a midpoint ``M`` gives ``f <= M``, above it ``f >= M``, so an ``f != M`` lies between the same two
+    midpoints as ``v`` and rounds to the same bfloat16. Zeros keep their sign, inf stays inf. A NaN stays a
+    quiet NaN when the lower half of its float32 payload is zero, as for every NaN that a rotation of
+    bfloat16 inputs by finite tables makes (x86 passes an input's payload on, or makes the default NaN);
+    tiles with a non-finite table value take :func:`_bf16_word` alone (``exact_only``). About 20% fewer
+    vector instructions per word than :func:`_bf16_word` (figures in docs/backends.md)."""
+    lo, hi = np.float32(low), np.float32(high)
+    return _bf16_pair_word(lo, hi), _bf16_pair_tie(lo, hi)
+
+
+@_jit(inline="always")
+def _bf16_word_exact(low, high, table_kind):
+    """:func:`_bf16_word` with :func:`_bf16_word_checked`'s signature (``tie`` always False)."""
+    return _bf16_word(low, high, table_kind), False
+
+
+def _words_rows(pass_with: Any) -> Any:
+    """A word-row function from ``pass_with(encode)``, a pass over a row's pairs below ``n`` with the word
+    encoder ``encode`` that returns whether any word was a tie: the checked pass, then the exact pass over
+    the whole row where it reported a tie or the tile has a non-finite table value (``exact_only``)."""
+    checked, exact = pass_with(_bf16_word_checked), pass_with(_bf16_word_exact)
+
+    @_jit(inline="always")
+    def rotate(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+        # both passes are called unconditionally (the second over no pairs where it is not needed): a call
+        # under a branch would keep Numba's reference counting of the rows, 4 atomic updates per row
+        ties = exact_only or checked(xr, orow, c_row, s_row, half, half, table_kind)
+        exact(xr, orow, c_row, s_row, half, half if ties else 0, table_kind)
+        if copy_rest:
+            _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+    return rotate
+
+
+def _half_words_pass(encode: Any) -> Any:
     """"half" (``half`` even): word i (pairs 2i, 2i + 1) pairs with word i + half/2."""
-    fused = _fused_products(xr, table_kind)
-    quarter = np.uint64(half >> 1)
-    for i in range(half >> 1):
-        w1 = np.uint64(i)
-        w2 = w1 + quarter
-        c_even, c_odd = _load_in(c_row, w1), _load_in(c_row, w2)
-        s_even, s_odd = _load_in(s_row, w1), _load_in(s_row, w2)
-        a, b = _load_in(xr, w1), _load_in(xr, w2)
-        a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
-        _store_out(orow, w1, _bf16_word(_pair_dot(a0, c_even, -b0, s_even, fused),
-                                        _pair_dot(a1, c_odd, -b1, s_odd, fused), table_kind))
-        _store_out(orow, w2, _bf16_word(_pair_dot(b0, c_even, a0, s_even, fused),
-                                        _pair_dot(b1, c_odd, a1, s_odd, fused), table_kind))
-    if copy_rest:
-        _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+    @_jit(inline="always")
+    def run(xr, orow, c_row, s_row, half, n, table_kind):
+        fused = _fused_products(xr, table_kind)
+        quarter = np.uint64(half >> 1)
+        ties = False
+        for i in range(n >> 1):
+            w1 = np.uint64(i)
+            w2 = w1 + quarter
+            c_even, c_odd = _load_in(c_row, w1), _load_in(c_row, w2)
+            s_even, s_odd = _load_in(s_row, w1), _load_in(s_row, w2)
+            a, b = _load_in(xr, w1), _load_in(xr, w2)
+            a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
+            first, tie1 = encode(_pair_dot(a0, c_even, -b0, s_even, fused),
+                                 _pair_dot(a1, c_odd, -b1, s_odd, fused), table_kind)
+            second, tie2 = encode(_pair_dot(b0, c_even, a0, s_even, fused),
+                                  _pair_dot(b1, c_odd, a1, s_odd, fused), table_kind)
+            _store_out(orow, w1, first)
+            _store_out(orow, w2, second)
+            ties |= tie1 | tie2
+        return ties
+
+    return run
 
 
-@_jit(inline="always")
-def _rotate_interleaved_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only,
-                              table_kind):
+def _interleaved_words_pass(encode: Any) -> Any:
     """"interleaved": word j is pair j, and stays in place."""
-    fused = _fused_products(xr, table_kind)
-    for j in range(half):
-        w = np.uint64(j)
-        c, sn = _load_in(c_row, w), _load_in(s_row, w)
-        a = _load_in(xr, w)
-        x1, x2 = _word_low(a), _word_high(a)
-        _store_out(orow, w, _bf16_word(_pair_dot(x1, c, -x2, sn, fused), _pair_dot(x2, c, x1, sn, fused),
-                                       table_kind))
-    if copy_rest:
-        _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+    @_jit(inline="always")
+    def run(xr, orow, c_row, s_row, half, n, table_kind):
+        fused = _fused_products(xr, table_kind)
+        ties = False
+        for j in range(n):
+            w = np.uint64(j)
+            c, sn = _load_in(c_row, w), _load_in(s_row, w)
+            a = _load_in(xr, w)
+            x1, x2 = _word_low(a), _word_high(a)
+            word, tie = encode(_pair_dot(x1, c, -x2, sn, fused), _pair_dot(x2, c, x1, sn, fused), table_kind)
+            _store_out(orow, w, word)
+            ties |= tie
+        return ties
+
+    return run
 
 
-@_jit(inline="always")
-def _rotate_deepseek_words(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+def _deepseek_words_pass(encode: Any) -> Any:
     """"deepseek" (``half`` even): words 2i and 2i + 1 (pairs 2i, 2i + 1) land in output words i (their first
     channels) and i + half/2 (their second ones)."""
-    fused = _fused_products(xr, table_kind)
-    quarter = np.uint64(half >> 1)
-    for i in range(half >> 1):
-        w = np.uint64(i)
-        c_even, c_odd = _load_in(c_row, w), _load_in(c_row, w + quarter)
-        s_even, s_odd = _load_in(s_row, w), _load_in(s_row, w + quarter)
-        a, b = _load_in(xr, w + w), _load_in(xr, w + w + np.uint64(1))
-        a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
-        _store_out(orow, w, _bf16_word(_pair_dot(a0, c_even, -a1, s_even, fused),
-                                       _pair_dot(b0, c_odd, -b1, s_odd, fused), table_kind))
-        _store_out(orow, w + quarter, _bf16_word(_pair_dot(a1, c_even, a0, s_even, fused),
-                                                 _pair_dot(b1, c_odd, b0, s_odd, fused), table_kind))
-    if copy_rest:
-        _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+    @_jit(inline="always")
+    def run(xr, orow, c_row, s_row, half, n, table_kind):
+        fused = _fused_products(xr, table_kind)
+        quarter = np.uint64(half >> 1)
+        ties = False
+        for i in range(n >> 1):
+            w = np.uint64(i)
+            c_even, c_odd = _load_in(c_row, w), _load_in(c_row, w + quarter)
+            s_even, s_odd = _load_in(s_row, w), _load_in(s_row, w + quarter)
+            a, b = _load_in(xr, w + w), _load_in(xr, w + w + np.uint64(1))
+            a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
+            first, tie1 = encode(_pair_dot(a0, c_even, -a1, s_even, fused),
+                                 _pair_dot(b0, c_odd, -b1, s_odd, fused), table_kind)
+            second, tie2 = encode(_pair_dot(a1, c_even, a0, s_even, fused),
+                                  _pair_dot(b1, c_odd, b0, s_odd, fused), table_kind)
+            _store_out(orow, w, first)
+            _store_out(orow, w + quarter, second)
+            ties |= tie1 | tie2
+        return ties
+
+    return run
+
+
+_rotate_half_words = _words_rows(_half_words_pass)
+_rotate_interleaved_words = _words_rows(_interleaved_words_pass)
+_rotate_deepseek_words = _words_rows(_deepseek_words_pass)
 
 
 def _by_row_dtype(on_words: Any, on_elements: Any) -> Any:
@@ -1070,16 +1167,19 @@ def _table_tile_impl(x, table_kind, rows, cols):
     return lambda x, table_kind, rows, cols: np.empty((rows, cols), dtype=np.float64)
 
 
-def _tiny_table_value(tile, v):
-    """For a float32 ``tile`` (the certified path): whether table value ``v`` lies in (0,
-    :data:`NARROW_TABLE_MIN`), where the path's error bound would not hold; False for float64 tiles."""
+def _exact_table_value(x, tile, v):
+    """Whether table value ``v`` sends its tile to the exact rounding: for a float32 ``tile`` (the certified
+    path), ``v`` in (0, :data:`NARROW_TABLE_MIN`), where the path's error bound would not hold; for bfloat16
+    word rows ``x`` (see :func:`_bf16_word_checked`), ``v`` not finite; else never."""
 
 
-@overload(_tiny_table_value, inline="always")
-def _tiny_table_value_impl(tile, v):
+@overload(_exact_table_value, inline="always")
+def _exact_table_value_impl(x, tile, v):
     if tile.dtype == types.float32:
-        return lambda tile, v: (v != 0.0) & (abs(v) < NARROW_TABLE_MIN)
-    return lambda tile, v: False
+        return lambda x, tile, v: (v != 0.0) & (abs(v) < NARROW_TABLE_MIN)
+    if x.dtype == types.uint32:
+        return lambda x, tile, v: (v - v) != 0.0  # NaN for inf and NaN
+    return lambda x, tile, v: False
 
 
 def _tile_walker(rotate_row: Any) -> Any:
@@ -1271,7 +1371,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             b = g // tiles_per_row
             s0 = (g - b * tiles_per_row) * tile
             n_pos = min(tile, n_seq - s0)
-            exact_only = False  # float32 tiles with a tiny table value go to the float64 path
+            exact_only = False  # see _exact_table_value
             row = 0 if shared_positions else b
             first = positions[row] + s0 if starts else row * n_seq + s0  # a position, or an index into ids
             for t in range(n_pos):
@@ -1280,12 +1380,15 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
                     for j in range(quarter):
                         c_tile[t, j], c_tile[t, quarter + j] = cos[p, 2 * j], cos[p, 2 * j + 1]
                         s_tile[t, j], s_tile[t, quarter + j] = sign * sin[p, 2 * j], sign * sin[p, 2 * j + 1]
+                        # one test of the four (a sum that overflows sends the tile to the exact rounding too)
+                        exact_only |= _exact_table_value(x, c_tile, c_tile[t, j] + c_tile[t, quarter + j]
+                                                         + s_tile[t, j] + s_tile[t, quarter + j])
                     continue
                 for j in range(half):
                     cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
                     c_tile[t, j] = cv
                     s_tile[t, j] = sign * sv
-                    exact_only |= _tiny_table_value(c_tile, cv) | _tiny_table_value(c_tile, sv)
+                    exact_only |= _exact_table_value(x, c_tile, cv) | _exact_table_value(x, c_tile, sv)
             # _rotate_tile is called from here, not from an inlined helper: there, Numba would wrap each call in
             # atomic reference-count increments and decrements of the arrays passed (50-100 ns a call).
             # In place (out is x), the tile is rotated from a scratch copy into out (x typed as writable);
