@@ -183,23 +183,38 @@ def host_table_dtype(rope: Any, q: Any, k: Any, seq_axis: int) -> str | None:
     return table_dtype
 
 
-def _outputs(q: np.ndarray, k: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    if in_place:
-        return q, k
+def _new_outputs(q: np.ndarray, k: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
     return np.empty_like(q), None if k is None else np.empty_like(k)
 
 
-def _in_place(out: Any, q: np.ndarray, k: np.ndarray | None, layout: str) -> bool | None:
-    """For ``out``: False (None: new arrays), True (exactly ``(q, k)``, writeable, q and k disjoint, a layout
-    that rotates element for element), or None (any other ``out``: the general path checks it)."""
+def _host_outputs(out: Any, q: np.ndarray, k: np.ndarray | None, layout: str, tables: tuple[np.ndarray, np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray | None] | bool | None:
+    """For ``out``: False (None: new arrays); ``(q, k)`` itself (in place: writeable, q and k disjoint, a layout
+    that rotates element for element); the caller's ``(q_out, k_out)`` (NumPy arrays of q's and k's shapes and
+    dtype, writeable, that cannot share memory with q, k, each other or the ``tables``); or None (any other
+    ``out``: the general path checks it, copies what overlaps, or reports it)."""
     if out is None:
         return False
-    if type(out) is not tuple or len(out) != 2 or out[0] is not q or out[1] is not k or layout == "deepseek" \
-            or not _own_memory(q):
+    if type(out) is not tuple or len(out) != 2:
         return None
-    if k is not None and (not _own_memory(k) or np.shares_memory(q, k)):
+    q_out, k_out = out
+    if q_out is q and k_out is k:
+        if layout == "deepseek" or not _own_memory(q) or (k is not None and (not _own_memory(k)
+                                                                            or np.shares_memory(q, k))):
+            return None
+        return out
+    if not _free_output(q_out, q) or (k_out is None) != (k is None) or (k is not None and not _free_output(k_out, k)):
         return None
-    return True
+    for o, others in ((q_out, (q, k, k_out, *tables)), (k_out, (q, k, *tables))):
+        if o is not None and any(a is not None and np.may_share_memory(o, a) for a in others):
+            return None
+    return out
+
+
+def _free_output(o: Any, x: np.ndarray) -> bool:
+    """Whether ``o`` is a NumPy array of ``x``'s shape and dtype that can take results: writeable, no two
+    elements in one place."""
+    return type(o) is np.ndarray and o.shape == x.shape and o.dtype == x.dtype and _own_memory(o)
 
 
 def _own_memory(x: np.ndarray) -> bool:
@@ -217,7 +232,8 @@ def _callers_positions(position_ids: Any, offset: Any) -> bool:
 def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,
                out: Any = None) -> tuple[Any, Any] | None:
     """``(q_rot, k_rot)`` rotated at ``position_ids`` (when not None) or ``offset + arange(seq)``, or None where
-    the general path must run. ``out``: None (new arrays) or ``(q, k)`` itself (in place; any other ``out``
+    the general path must run. ``out``: None (new arrays), ``(q, k)`` itself (in place), or NumPy arrays of
+    q's and k's shapes and dtype apart from everything else (see :func:`_host_outputs`; any other ``out``
     goes to the general path).
 
     q, k: ``(batch, heads, seq, head_dim)`` (``seq_axis=-2``) or ``(batch, seq, heads, head_dim)``
@@ -231,8 +247,8 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     snap = host_table(rope, backend, table_dtype)
     if snap is None:
         return None
-    in_place = _in_place(out, q, k, layout)
-    if in_place is None:
+    outs = _host_outputs(out, q, k, layout, (snap.cos, snap.sin))
+    if outs is None:
         return None
     dim, n_batch, n_seq = rope.dim, q.shape[0], q.shape[seq_axis]
     hot = getattr(backend, "apply_hot", None)
@@ -241,9 +257,9 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         if chosen is None:
             return None
         positions = chosen[0]
-        if in_place and _callers_positions(position_ids, offset):
-            positions = positions_apart(positions, q, k)
-        q_out, k_out = _outputs(q, k, in_place)
+        if outs and _callers_positions(position_ids, offset):
+            positions = positions_apart(positions, *outs)
+        q_out, k_out = outs or _new_outputs(q, k)
         if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, chosen[1], layout, dim, seq_axis == -3):
             return None  # nothing written: the general path grows the table or reports the positions
         return q_out, k_out
@@ -258,9 +274,9 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
     positions, longest = rows
     if snap.rows < longest or (rope.precision == "reference" and longest > _REFERENCE_MAX_POSITIONS):
         return None
-    if in_place and _callers_positions(position_ids, offset):
-        positions = positions_apart(positions, q, k)
-    q_out, k_out = _outputs(q, k, in_place)
+    if outs and _callers_positions(position_ids, offset):
+        positions = positions_apart(positions, *outs)
+    q_out, k_out = outs or _new_outputs(q, k)
     if seq_axis == -2:
         backend.apply(q, q_out, snap.cos, snap.sin, positions, layout, dim, False, k=k, k_out=k_out)
     else:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ._hotpath import _outputs, host_kernel_positions, host_table, host_table_dtype
+from ._hotpath import _new_outputs, host_kernel_positions, host_table, host_table_dtype
 from .apply import as_4d, check_layout, check_seq_axis
 
 
@@ -57,7 +57,7 @@ class ApplyPlan:
             chosen = None if tables is None else \
                 host_kernel_positions(position_ids, offset, q.shape[0], q.shape[self.seq_axis])
             if chosen is not None:
-                q_out, k_out = _outputs(q, k, False)
+                q_out, k_out = _new_outputs(q, k)
                 if prepared(q, q_out, k, k_out, tables[0], tables[1], chosen[0], chosen[1]):
                     return q_out, k_out
         result = self.rope.apply(q, k, position_ids, offset=offset, layout=self.layout, seq_axis=self.seq_axis)

@@ -301,6 +301,53 @@ def test_out_in_place_equals_new_arrays(backend, layout, with_ids):
     np.testing.assert_array_equal(alone, want_q)
 
 
+@pytest.mark.parametrize("layout", ["half", "interleaved", "deepseek"])
+@pytest.mark.parametrize("token_major", [False, True])
+def test_separate_out_arrays_take_the_hot_path(layout, token_major, monkeypatch):
+    """``out=(q_out, k_out)`` of separate NumPy arrays (a decode step writing into a preallocated buffer) runs
+    on the hot path, with the new-array call's bits, and returns the caller's arrays; outputs that may
+    overlap q, k or each other, and positions stored in an output's memory, go to the general path or are
+    copied first, with the same bits."""
+    from ropeflow.backends._numba import NumbaBackend
+
+    calls = []
+    hot = NumbaBackend.apply_hot
+    monkeypatch.setattr(NumbaBackend, "apply_hot", lambda self, *args: calls.append(args[1]) or hot(self, *args))
+    rope = _rope()
+    seq_axis = -3 if token_major else -2
+    shape_q, shape_k = ((3, 1, 4, 20), (3, 1, 2, 16)) if token_major else ((3, 4, 1, 20), (3, 2, 1, 16))
+    q, k = _qk(shape_q, shape_k, np.float32, seed=11)
+    offset = np.array([0, 7, 40])
+    want_q, want_k = rope.apply(q, k, offset=offset, layout=layout, seq_axis=seq_axis)
+    q_out, k_out = np.full_like(q, np.nan), np.full_like(k, np.nan)
+    calls.clear()
+    got = rope.apply(q, k, offset=offset, layout=layout, seq_axis=seq_axis, out=(q_out, k_out))
+    assert got[0] is q_out and got[1] is k_out and calls and calls[0] is q_out  # the hot path wrote them
+    np.testing.assert_array_equal(q_out, want_q)
+    np.testing.assert_array_equal(k_out, want_k)
+    strided = np.full(shape_q[:3] + (40,), np.nan, np.float32)[..., ::2]  # any strides
+    calls.clear()
+    assert rope.apply(q, None, offset=offset, layout=layout, seq_axis=seq_axis, out=(strided, None))[0] is strided
+    assert calls and calls[0] is strided
+    np.testing.assert_array_equal(strided, want_q)
+    # an output over q itself, shifted by one channel: the general path copies q first
+    buffer = np.concatenate([q, np.zeros(shape_q[:3] + (1,), np.float32)], axis=3)
+    q_view, shifted = buffer[..., :20], buffer[..., 1:]
+    calls.clear()
+    rope.apply(q_view, None, offset=offset, layout=layout, seq_axis=seq_axis, out=(shifted, None))
+    assert not calls
+    np.testing.assert_array_equal(shifted, want_q)
+    # the offsets stored in q_out's memory: copied before the kernel writes there
+    q_out[...] = 0
+    stored = q_out.reshape(-1)[:3].view(np.int32)
+    stored[...] = offset
+    calls.clear()
+    rope.apply(q, k, offset=stored, layout=layout, seq_axis=seq_axis, out=(q_out, k_out))
+    assert calls
+    np.testing.assert_array_equal(q_out, want_q)
+    np.testing.assert_array_equal(k_out, want_k)
+
+
 def test_out_in_place_of_views_of_one_buffer_and_crossed_overlaps():
     """q and k as views of one qkv buffer, rotated in place; outputs crossing over the other input (q's results
     written over k) are computed as if the inputs had been copied first."""

@@ -1506,9 +1506,10 @@ class NumbaBackend:
     def apply_hot(self, x: np.ndarray, out: np.ndarray, k: np.ndarray | None, k_out: np.ndarray | None,
                   cos: np.ndarray, sin: np.ndarray, positions: np.ndarray, starts: bool, layout: str,
                   rotary_dim: int, token_major: bool) -> bool:
-        """:meth:`apply` (forward) into ``out``/``k_out`` freshly allocated by the caller, so that they share
-        no memory with anything, or in place (``out is x``, ``k_out is k``; not "deepseek"): the hot path's
-        entry, without the aliasing checks (a partial overlap would be undefined: see :meth:`apply`). With
+        """:meth:`apply` (forward) into ``out``/``k_out`` that share no memory with anything (freshly allocated,
+        or the caller's arrays that ``np.may_share_memory`` keeps apart), or in place (``out is x``, ``k_out is
+        k``; not "deepseek"): the hot path's entry, without the aliasing checks (a partial overlap would be
+        undefined: see :meth:`apply`). With
         ``token_major`` the arrays are (B, S, H, D) (``seq_axis=-3``), else (B, H, S, D).
 
         positions: 1-D int64, unchecked: first positions ``(B,)`` or ``(1,)`` (``starts``), or ids ``(B * S,)``
