@@ -262,7 +262,7 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         q_out, k_out = outs or _new_outputs(q, k)
         if not hot(q, q_out, k, k_out, snap.cos, snap.sin, positions, chosen[1], layout, dim, seq_axis == -3):
             return None  # nothing written: the general path grows the table or reports the positions
-        return q_out, k_out
+        return outs or (q_out, k_out)  # the caller's own pair where given, as the general path returns it
     if position_ids is None:
         rows = host_positions(offset, n_batch, n_seq)
     elif type(offset) is not int or offset != 0:  # both given: the general path refuses it
@@ -283,7 +283,7 @@ def host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout
         backend.apply(q.transpose(0, 2, 1, 3), q_out.transpose(0, 2, 1, 3), snap.cos, snap.sin, positions, layout,
                       dim, False, k=None if k is None else k.transpose(0, 2, 1, 3),
                       k_out=None if k is None else k_out.transpose(0, 2, 1, 3))
-    return q_out, k_out
+    return outs or (q_out, k_out)
 
 
 def torch_host_apply(rope: Any, q: Any, k: Any, position_ids: Any, offset: Any, layout: str, seq_axis: Any,

@@ -321,8 +321,9 @@ def test_separate_out_arrays_take_the_hot_path(layout, token_major, monkeypatch)
     want_q, want_k = rope.apply(q, k, offset=offset, layout=layout, seq_axis=seq_axis)
     q_out, k_out = np.full_like(q, np.nan), np.full_like(k, np.nan)
     calls.clear()
-    got = rope.apply(q, k, offset=offset, layout=layout, seq_axis=seq_axis, out=(q_out, k_out))
-    assert got[0] is q_out and got[1] is k_out and calls and calls[0] is q_out  # the hot path wrote them
+    out = (q_out, k_out)
+    got = rope.apply(q, k, offset=offset, layout=layout, seq_axis=seq_axis, out=out)
+    assert got is out and calls and calls[0] is q_out  # the hot path wrote them, and returns the caller's pair
     np.testing.assert_array_equal(q_out, want_q)
     np.testing.assert_array_equal(k_out, want_k)
     strided = np.full(shape_q[:3] + (40,), np.nan, np.float32)[..., ::2]  # any strides

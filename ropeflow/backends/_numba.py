@@ -974,8 +974,8 @@ def _words_rows(pass_with: Any) -> Any:
 
     @_jit(inline="always")
     def rotate(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
-        # both passes are called unconditionally (the second over no pairs where it is not needed): a call
-        # under a branch would keep Numba's reference counting of the rows, 4 atomic updates per row
+        # the exact pass is called whatever the checked one found (over no pairs where it is not needed): a
+        # call under a branch would keep Numba's reference counting of the rows, 4 atomic updates per row
         ties = exact_only or checked(xr, orow, c_row, s_row, half, half, table_kind)
         exact(xr, orow, c_row, s_row, half, half if ties else 0, table_kind)
         if copy_rest:
