@@ -955,7 +955,7 @@ def _bf16_word_checked(low, high, table_kind):
     quiet NaN when the lower half of its float32 payload is zero, as for every NaN that a rotation of
     bfloat16 inputs by finite tables makes (x86 passes an input's payload on, or makes the default NaN);
     tiles with a non-finite table value take :func:`_bf16_word` alone (``exact_only``). About 20% fewer
-    vector instructions per word than :func:`_bf16_word` (figures in docs/backends.md)."""
+    micro-operations per result in the row loops than :func:`_bf16_word` (figures in docs/math.md)."""
     lo, hi = np.float32(low), np.float32(high)
     return _bf16_pair_word(lo, hi), _bf16_pair_tie(lo, hi)
 
