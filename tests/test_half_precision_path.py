@@ -511,3 +511,93 @@ def test_bfloat16_word_rows_are_rounded_once_at_ties_specials_and_subnormals(lay
         taken.clear()
         _same_bits(apply_rotary(case_x[None], case_cos, case_sin, layout=layout, backend="numba")[0], want)
         assert taken and all(views is not None for views in taken)  # the word rows did the work
+
+
+def _certified_words(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi):
+    """``_words_certified`` over float32 arrays: (lower bfloat16 bits, upper bfloat16 bits, doubt)."""
+    from numba import njit
+
+    @njit
+    def run(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi):
+        words = np.empty(a_lo.shape[0], np.uint32)
+        doubt = np.empty(a_lo.shape[0], np.bool_)
+        for i in range(a_lo.shape[0]):
+            words[i], doubt[i] = _numba._words_certified(a_lo[i], c_lo[i], b_lo[i], s_lo[i], a_hi[i], c_hi[i],
+                                                         b_hi[i], s_hi[i], True, np.float32(0))
+        return words, doubt
+
+    words, doubt = run(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi)
+    return (words & 0xFFFF).astype(np.uint16), (words >> 16).astype(np.uint16), doubt
+
+
+def _bfloat16_operands(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """``(a, c, b, s)`` float32 (``a`` and ``b`` bfloat16 values), ``n`` of each case: products on and within
+    float32 roundings of bfloat16 midpoints (alone, and beside a tiny or a zero second term), cancellation,
+    bfloat16 subnormal inputs, float32-subnormal table values (results far below float32's normal range),
+    signed zeros, overflow, inf and NaN inputs, and model-like values."""
+    grid = _grid(BF16)
+    mid_grid = grid[(grid > 2.0**-100) & (grid < 2.0**100)]
+    i = rng.integers(0, mid_grid.size - 1, n)
+    mid = (mid_grid[i] + mid_grid[i + 1]) / 2
+    a_tie = np.where(rng.random(n) < 0.3, 1.0, rng.choice(grid[(grid > 2.0**-8) & (grid < 2.0**8)], n))
+    c_tie = (mid / a_tie).astype(np.float32)  # a*c on the midpoint (a = 1) or a float32 rounding beside it
+    second = rng.choice([0.0, 1.0], n) * rng.choice(grid, n) * 2.0 ** rng.integers(-40, -8, n)
+    s_tie = np.where(second == 0, rng.standard_normal(n), mid * 2.0**-20 / np.where(second == 0, 1.0, second))
+    a_can = rng.choice(grid[(grid > 2.0**-30) & (grid < 2.0**30)], n)
+    b_can = rng.choice(grid[(grid > 2.0**-30) & (grid < 2.0**30)], n)
+    c_can = rng.standard_normal(n).astype(np.float32)
+    s_can = (-a_can * c_can / b_can * (1 + rng.standard_normal(n) * 2.0 ** -rng.integers(4, 30, n))).astype(
+        np.float32)  # b*s within a few bits of -a*c
+    sub = grid[grid < 2.0**-120]  # bfloat16 subnormals and the smallest normals
+    tiny_s = (rng.standard_normal(n) * 2.0 ** rng.integers(-149, -110, n)).astype(np.float32)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, grid[-1], -grid[-1], grid[0], -grid[0]])
+    normal = rng.standard_normal((4, n))
+    angles = rng.uniform(0, 8192, n) * 10.0 ** -rng.uniform(0, 4, n)
+    cases = [
+        (a_tie, c_tie, second, s_tie),
+        (a_can, c_can, b_can, s_can),
+        (rng.choice(sub, n), rng.standard_normal(n), rng.choice(sub, n), rng.standard_normal(n)),
+        (rng.choice(grid, n) * 2.0**-60, rng.standard_normal(n), rng.choice(grid, n) * 2.0**-60, tiny_s),
+        (rng.choice(specials, n), np.cos(angles) * 1.7, rng.choice(specials, n), np.sin(angles) * 1.7),
+        (normal[0], np.cos(angles), normal[1], np.sin(angles)),
+    ]
+    signs = [rng.choice([-1.0, 1.0], (2, n)) for _ in cases]
+    a, c, b, s = (np.concatenate(parts) for parts in zip(*cases, strict=True))
+    a = a * np.concatenate([sg[0] for sg in signs])
+    b = b * np.concatenate([sg[1] for sg in signs])
+    with np.errstate(all="ignore"):
+        return (a.astype(BF16).astype(np.float32), c.astype(np.float32), b.astype(BF16).astype(np.float32),
+                s.astype(np.float32))
+
+
+def test_certified_bfloat16_words_are_the_reference_unless_in_doubt():
+    """``_words_certified`` (bfloat16 word rows with float32 tables: float32 arithmetic, certified) gives the
+    float64 formula's bits rounded once, ``round_once(fl64(a*c + b*s))``, wherever it does not report a doubt,
+    for near-ties, cancellation, subnormal inputs and products far below float32's normal range (which its
+    interval's floor covers), signed zeros, overflow and model-like data; it doubts every exact zero and every
+    inf or NaN input; and it doubts rarely on model-like data (a path doubting everything would pass the
+    bit-for-bit tests through the redo)."""
+    rng = np.random.default_rng(31)
+    n = 4000
+    a, c, b, s = _bfloat16_operands(rng, n)
+    order = (rng.permuted(np.arange(a.size).reshape(6, n), axis=1)).ravel()  # other operands, same case
+    halves = (a, c, b, s), tuple(v[order] for v in (a, c, b, s))
+    low, high, doubt = _certified_words(*halves[0], *halves[1])
+    for got, (ha, hc, hb, hs) in zip((low, high), halves, strict=True):
+        with np.errstate(all="ignore"):
+            exact = ha.astype(np.float64) * hc + hb.astype(np.float64) * hs  # exact products, one rounding
+            want = _round(exact, BF16).view(np.uint16)
+        assert ((exact == 0) <= doubt).all()  # exact zeros: the ends straddle zero
+        assert (~np.isfinite(ha) | ~np.isfinite(hb) <= doubt).all()
+        decided = ~doubt
+        np.testing.assert_array_equal(got[decided], want[decided])
+    per_case = doubt.reshape(6, n)
+    assert per_case[0].mean() > 0.05  # the near-tie case does reach the doubtful results
+    assert (~per_case[[0, 1, 3, 5]]).sum(axis=1).min() > n // 10  # and these cases have decided words
+    # model-like data (dim-128 angles at positions below 8192): about 1 word in 1750 in doubt
+    m = 100_000
+    x = rng.standard_normal((4, m)).astype(BF16).astype(np.float32)
+    angles = rng.uniform(0, 8192, (2, m)) * 10.0 ** -rng.uniform(0, 4, (2, m))
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    rate = _certified_words(x[0], cos[0], x[1], sin[0], x[2], cos[1], x[3], sin[1])[2].mean()
+    assert 0 < rate < 1 / 500, rate

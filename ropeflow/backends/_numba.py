@@ -478,14 +478,14 @@ def _bf16_word_impl(low, high, table_kind):
 
 @_jit(inline="always")
 def _word_low(word):
-    """The bfloat16 in a uint32 word's lower half (the channel at the lower address), as float64."""
-    return np.float64(_bits_f32(np.int32(np.uint32(word) << np.uint32(16))))
+    """The bfloat16 in a uint32 word's lower half (the channel at the lower address), as float32 (exact)."""
+    return _bits_f32(np.int32(np.uint32(word) << np.uint32(16)))
 
 
 @_jit(inline="always")
 def _word_high(word):
-    """The bfloat16 in a uint32 word's upper half, as float64."""
-    return np.float64(_bits_f32(np.int32(np.uint32(word) & np.uint32(0xFFFF0000))))
+    """The bfloat16 in a uint32 word's upper half, as float32 (exact)."""
+    return _bits_f32(np.int32(np.uint32(word) & np.uint32(0xFFFF0000)))
 
 
 @_jit(inline="always")
@@ -907,10 +907,11 @@ def _rotate_deepseek_wide(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, d
 # bfloat16 rows as uint32 words, two adjacent channels each (little-endian: the even channel in the lower
 # half), where the kernel is handed such views (see _Walk): one 32-bit load gives two inputs by a shift and a
 # mask, and one store takes two outputs, instead of a widening load and a narrowing store per 8 channels. The
-# arithmetic is the element rows', value for value, and so is the result: each row is rounded first by
-# _bf16_word_checked (a row it cannot vouch for is rounded again by _bf16_word). For "half" and "deepseek"
-# the tile rows hold the even pairs' angles first, then the odd pairs' (widened so in _apply_tiles), so that
-# each loop reads them at unit stride.
+# result is the element rows', bit for bit: with float32 tables each row is computed in float32 and certified
+# first (_words_certified), a row with a doubt again in float64 and rounded through float32
+# (_bf16_word_checked), and a row meeting a midpoint there once more by the float64 encoder (_bf16_word); see
+# _words_rows. For "half" and "deepseek" the tile rows hold the even pairs' angles first, then the odd pairs'
+# (so filled in _apply_tiles), so that each loop reads them at unit stride.
 def _bf16_pair_intrinsic(word: bool, doc: str) -> Any:
     """A Numba intrinsic for :func:`_bf16_word_checked` on 32-bit integers (Numba would widen its integer
     arithmetic to 64 bits, doubling the vector instructions): the word (``word``) or the tie flag."""
@@ -966,25 +967,124 @@ def _bf16_word_exact(low, high, table_kind):
     return _bf16_word(low, high, table_kind), False
 
 
-def _words_rows(pass_with: Any) -> Any:
-    """A word-row function from ``pass_with(encode)``, a pass over a row's pairs below ``n`` with the word
-    encoder ``encode`` that returns whether any word was a tie: the checked pass, then the exact pass over
-    the whole row where it reported a tie or the tile has a non-finite table value (``exact_only``)."""
-    checked, exact = pass_with(_bf16_word_checked), pass_with(_bf16_word_exact)
+# The word functions of the passes over a word row (see _words_rows). Each rotates two pairs given as float32
+# values (the bfloat16 inputs ``a`` and ``b``, exact; the caller negates ``b`` where the formula subtracts):
+# ``a_lo * c_lo + b_lo * s_lo`` for the word's lower half, ``a_hi * c_hi + b_hi * s_hi`` for its upper half.
+# It returns ``(word, doubt)``: the uint32 word of the two results rounded to bfloat16, which is the
+# once-rounded float64 result's unless ``doubt``.
+@_jit()
+def _words_exact(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused, table_kind):
+    """In float64, rounded by the float64 encoder (:func:`_bf16_word`): never in doubt."""
+    return _bf16_word_exact(_pair_dot(np.float64(a_lo), np.float64(c_lo), np.float64(b_lo), np.float64(s_lo), fused),
+                            _pair_dot(np.float64(a_hi), np.float64(c_hi), np.float64(b_hi), np.float64(s_hi), fused),
+                            table_kind)
 
-    @_jit(inline="always")
+
+@_jit()
+def _words_checked(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused, table_kind):
+    """In float64, rounded through float32 (:func:`_bf16_word_checked`): in doubt at a bfloat16 midpoint."""
+    return _bf16_word_checked(
+        _pair_dot(np.float64(a_lo), np.float64(c_lo), np.float64(b_lo), np.float64(s_lo), fused),
+        _pair_dot(np.float64(a_hi), np.float64(c_hi), np.float64(b_hi), np.float64(s_hi), fused), table_kind)
+
+
+#: :func:`_words_certified`'s interval grows by this floor (float32's smallest normal) besides ``3 * 2**-24``
+#: per unit of ``|p| + |r|``: it covers every underflow, and it keeps the check's operands normal (a subnormal
+#: operand costs the CPU a microcode assist).
+_WORD_ERROR_FLOOR = 2.0**-126
+
+
+def _certified_words_intrinsic(word: bool, doc: str) -> Any:
+    """A Numba intrinsic for :func:`_words_certified`, in 32-bit lanes (Numba would widen its integer
+    arithmetic to 64 bits): the word (``word``) or the doubt."""
+
+    def typer(typingctx, a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi):
+        def codegen(context, builder, signature, args):
+            f32, i32 = llvm_ir.FloatType(), llvm_ir.IntType(32)
+            fma = builder.module.declare_intrinsic("llvm.fma", [f32], llvm_ir.FunctionType(f32, [f32] * 3))
+            fabs = builder.module.declare_intrinsic("llvm.fabs", [f32], llvm_ir.FunctionType(f32, [f32]))
+            half_up, upper = llvm_ir.Constant(i32, 0x8000), llvm_ir.Constant(i32, 0xFFFF0000)
+            ends = []
+            for a, c, b, s in (args[:4], args[4:]):
+                p = builder.fmul(b, s)
+                r = builder.call(fma, [a, c, p])
+                t = builder.fadd(builder.call(fabs, [p]), builder.call(fabs, [r]))
+                e = builder.call(fma, [t, llvm_ir.Constant(f32, float(_HALF_WIDTH)),
+                                       llvm_ir.Constant(f32, _WORD_ERROR_FLOOR)])
+                below = builder.add(builder.bitcast(builder.fsub(r, e), i32), half_up)
+                above = builder.add(builder.bitcast(builder.fadd(r, e), i32), half_up)
+                ends.append((below, above, e))
+            (below_lo, above_lo, e_lo), (below_hi, above_hi, e_hi) = ends
+            if word:
+                return builder.or_(builder.lshr(below_lo, llvm_ir.Constant(i32, 16)), builder.and_(below_hi, upper))
+            differ = builder.and_(builder.or_(builder.xor(below_lo, above_lo), builder.xor(below_hi, above_hi)),
+                                  upper)
+            inf = llvm_ir.Constant(f32, float("inf"))
+            not_finite = builder.or_(builder.fcmp_unordered(">=", e_lo, inf),
+                                     builder.fcmp_unordered(">=", e_hi, inf))
+            return builder.or_(builder.icmp_unsigned("!=", differ, llvm_ir.Constant(i32, 0)), not_finite)
+
+        return (types.uint32 if word else types.boolean)(*[types.float32] * 8), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
+
+
+_certified_word = _certified_words_intrinsic(True, "The word of :func:`_words_certified`.")
+_certified_doubt = _certified_words_intrinsic(False, "The doubt of :func:`_words_certified`.")
+
+
+@_jit()
+def _words_certified(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused, table_kind):
+    """In float32 (float32 table values only), certified: no float64 arithmetic and no conversions, 16 lanes
+    per 512-bit vector. For each half, ``p = fl(b*s)``, ``r = fl(a*c + p)`` (fused), ``e = fl(3 * 2**-24 *
+    fl(|p| + |r|) + 2**-126)`` (fused): the rounded ends ``r - e`` and ``r + e`` lie strictly below and
+    above both the exact result and its float64 rounding, for any finite operands (the floor covers underflow;
+    proof in docs/math.md). Each end is rounded to bfloat16 half up on its bits (``bits + 0x8000``, upper
+    half: monotone, ties away from zero). Equal ends are the reference's bfloat16, which the word holds (the
+    lower ends'). In doubt where the ends differ (a midpoint lies between them, or they straddle zero, as for
+    every zero result) or ``e`` is inf or NaN."""
+    return (_certified_word(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi),
+            _certified_doubt(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi))
+
+
+def _words_rows(pass_with: Any) -> Any:
+    """A word-row function from ``pass_with(word_fn)``, a pass over a row's pairs below ``n`` with one of the
+    word functions above, which returns whether any word was in doubt. With float32 tile rows: the certified
+    pass, then the checked pass over the row where it had a doubt, then the exact pass where that met a
+    midpoint. With float64 tile rows (float64 tables): the checked pass, then the exact one. A tile with a
+    non-finite table value (``exact_only``) takes the exact pass alone."""
+    certified, checked, exact = pass_with(_words_certified), pass_with(_words_checked), pass_with(_words_exact)
+
     def rotate(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
-        # the exact pass is called whatever the checked one found (over no pairs where it is not needed): a
-        # call under a branch would keep Numba's reference counting of the rows, 4 atomic updates per row
-        ties = exact_only or checked(xr, orow, c_row, s_row, half, half, table_kind)
-        exact(xr, orow, c_row, s_row, half, half if ties else 0, table_kind)
-        if copy_rest:
-            _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+        pass  # replaced by the overload below
+
+    @overload(rotate, inline="always")
+    def rotate_impl(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+        # every pass is called whatever the earlier ones found (over no pairs where it is not needed): a call
+        # under a branch would keep Numba's reference counting of the rows, 4 atomic updates per row
+        if c_row.dtype == types.float32:
+            def three_passes(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+                doubted = certified(xr, orow, c_row, s_row, half, 0 if exact_only else half, table_kind)
+                ties = checked(xr, orow, c_row, s_row, half, half if doubted else 0, table_kind)
+                exact(xr, orow, c_row, s_row, half, half if exact_only or ties else 0, table_kind)
+                if copy_rest:
+                    _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+            return three_passes
+
+        def two_passes(xr, orow, c_row, s_row, half, rotary_dim, copy_rest, doubt, exact_only, table_kind):
+            ties = checked(xr, orow, c_row, s_row, half, 0 if exact_only else half, table_kind)
+            exact(xr, orow, c_row, s_row, half, half if exact_only or ties else 0, table_kind)
+            if copy_rest:
+                _copy_channels(xr, orow, rotary_dim >> 1, xr.shape[0])
+
+        return two_passes
 
     return rotate
 
 
-def _half_words_pass(encode: Any) -> Any:
+def _half_words_pass(word_fn: Any) -> Any:
     """"half" (``half`` even): word i (pairs 2i, 2i + 1) pairs with word i + half/2."""
 
     @_jit(inline="always")
@@ -999,10 +1099,8 @@ def _half_words_pass(encode: Any) -> Any:
             s_even, s_odd = _load_in(s_row, w1), _load_in(s_row, w2)
             a, b = _load_in(xr, w1), _load_in(xr, w2)
             a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
-            first, tie1 = encode(_pair_dot(a0, c_even, -b0, s_even, fused),
-                                 _pair_dot(a1, c_odd, -b1, s_odd, fused), table_kind)
-            second, tie2 = encode(_pair_dot(b0, c_even, a0, s_even, fused),
-                                  _pair_dot(b1, c_odd, a1, s_odd, fused), table_kind)
+            first, tie1 = word_fn(a0, c_even, -b0, s_even, a1, c_odd, -b1, s_odd, fused, table_kind)
+            second, tie2 = word_fn(b0, c_even, a0, s_even, b1, c_odd, a1, s_odd, fused, table_kind)
             _store_out(orow, w1, first)
             _store_out(orow, w2, second)
             ties |= tie1 | tie2
@@ -1011,7 +1109,7 @@ def _half_words_pass(encode: Any) -> Any:
     return run
 
 
-def _interleaved_words_pass(encode: Any) -> Any:
+def _interleaved_words_pass(word_fn: Any) -> Any:
     """"interleaved": word j is pair j, and stays in place."""
 
     @_jit(inline="always")
@@ -1023,7 +1121,7 @@ def _interleaved_words_pass(encode: Any) -> Any:
             c, sn = _load_in(c_row, w), _load_in(s_row, w)
             a = _load_in(xr, w)
             x1, x2 = _word_low(a), _word_high(a)
-            word, tie = encode(_pair_dot(x1, c, -x2, sn, fused), _pair_dot(x2, c, x1, sn, fused), table_kind)
+            word, tie = word_fn(x1, c, -x2, sn, x2, c, x1, sn, fused, table_kind)
             _store_out(orow, w, word)
             ties |= tie
         return ties
@@ -1031,7 +1129,7 @@ def _interleaved_words_pass(encode: Any) -> Any:
     return run
 
 
-def _deepseek_words_pass(encode: Any) -> Any:
+def _deepseek_words_pass(word_fn: Any) -> Any:
     """"deepseek" (``half`` even): words 2i and 2i + 1 (pairs 2i, 2i + 1) land in output words i (their first
     channels) and i + half/2 (their second ones)."""
 
@@ -1046,10 +1144,8 @@ def _deepseek_words_pass(encode: Any) -> Any:
             s_even, s_odd = _load_in(s_row, w), _load_in(s_row, w + quarter)
             a, b = _load_in(xr, w + w), _load_in(xr, w + w + np.uint64(1))
             a0, a1, b0, b1 = _word_low(a), _word_high(a), _word_low(b), _word_high(b)
-            first, tie1 = encode(_pair_dot(a0, c_even, -a1, s_even, fused),
-                                 _pair_dot(b0, c_odd, -b1, s_odd, fused), table_kind)
-            second, tie2 = encode(_pair_dot(a1, c_even, a0, s_even, fused),
-                                  _pair_dot(b1, c_odd, b0, s_odd, fused), table_kind)
+            first, tie1 = word_fn(a0, c_even, -a1, s_even, b0, c_odd, -b1, s_odd, fused, table_kind)
+            second, tie2 = word_fn(a1, c_even, a0, s_even, b1, c_odd, b0, s_odd, fused, table_kind)
             _store_out(orow, w, first)
             _store_out(orow, w + quarter, second)
             ties |= tie1 | tie2
@@ -1107,8 +1203,9 @@ def _is_narrow(x: Any, table_kind: Any) -> bool:
     (``table_kind`` float32, see :func:`_table_kind`), rotated in float32 and certified: the proof needs
     every table value in float32. float16 takes the float64 path instead where the CPU rounds float64 to
     float16 in hardware (:data:`HARDWARE_F64_F16`), and bfloat16 where the loops use 512-bit vectors
-    (:data:`PREFER_512_BIT`, 8 float64 lanes): there the float64 path is faster (figures in
-    docs/backends.md)."""
+    (:data:`PREFER_512_BIT`, 8 float64 lanes): there the float64 path is faster for 16-bit rows (figures in
+    docs/backends.md). Word rows (uint32, :data:`BF16_WORDS`) have a certified float32 path of their own
+    (:func:`_words_rows`)."""
     float64_is_faster = (x.dtype == types.uint16 and HARDWARE_F64_F16) or (x.dtype == types.int16 and PREFER_512_BIT)
     if float64_is_faster and not FORCE_CERTIFIED_HALF:
         return False
@@ -1156,13 +1253,14 @@ def _is_words_impl(x):
 
 
 def _table_tile(x, table_kind, rows, cols):
-    """An uninitialized ``(rows, cols)`` tile for widened cos/sin rows: float32 for float16/bfloat16 ``x``
-    with float32 tables (the certified float32 path, see :func:`_is_narrow`), else float64."""
+    """An uninitialized ``(rows, cols)`` tile for widened cos/sin rows: float32 with float32 tables where
+    ``x`` takes a certified float32 path (16-bit rows, see :func:`_is_narrow`; word rows, see
+    :func:`_words_rows`), else float64."""
 
 
 @overload(_table_tile, inline="always")
 def _table_tile_impl(x, table_kind, rows, cols):
-    if _is_narrow(x, table_kind):
+    if _is_narrow(x, table_kind) or (x.dtype == types.uint32 and table_kind == types.float32):
         return lambda x, table_kind, rows, cols: np.empty((rows, cols), dtype=np.float32)
     return lambda x, table_kind, rows, cols: np.empty((rows, cols), dtype=np.float64)
 
@@ -1170,15 +1268,15 @@ def _table_tile_impl(x, table_kind, rows, cols):
 def _exact_table_value(x, tile, v):
     """Whether table value ``v`` sends its tile to the exact rounding: for a float32 ``tile`` (the certified
     path), ``v`` in (0, :data:`NARROW_TABLE_MIN`), where the path's error bound would not hold; for bfloat16
-    word rows ``x`` (see :func:`_bf16_word_checked`), ``v`` not finite; else never."""
+    word rows ``x`` (see :func:`_words_rows`), ``v`` not finite; else never."""
 
 
 @overload(_exact_table_value, inline="always")
 def _exact_table_value_impl(x, tile, v):
-    if tile.dtype == types.float32:
-        return lambda x, tile, v: (v != 0.0) & (abs(v) < NARROW_TABLE_MIN)
     if x.dtype == types.uint32:
         return lambda x, tile, v: (v - v) != 0.0  # NaN for inf and NaN
+    if tile.dtype == types.float32:
+        return lambda x, tile, v: (v != 0.0) & (abs(v) < NARROW_TABLE_MIN)
     return lambda x, tile, v: False
 
 
@@ -1376,7 +1474,7 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
             first = positions[row] + s0 if starts else row * n_seq + s0  # a position, or an index into ids
             for t in range(n_pos):
                 p = first + t if starts else positions[first + t]
-                if paired_angles:  # even pairs' angles first, then the odd pairs' (float64 tiles)
+                if paired_angles:  # even pairs' angles first, then the odd pairs'
                     for j in range(quarter):
                         c_tile[t, j], c_tile[t, quarter + j] = cos[p, 2 * j], cos[p, 2 * j + 1]
                         s_tile[t, j], s_tile[t, quarter + j] = sign * sin[p, 2 * j], sign * sin[p, 2 * j + 1]
@@ -1424,9 +1522,9 @@ try:
     _RAW_VIEWS[np.dtype(ml_dtypes.bfloat16).char] = np.int16
 except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
     pass
-#: bfloat16 rows travel as uint32 words of two channels (see _rotate_half_words) where they take the float64
-#: path with 512-bit vectors (see _is_narrow) on a little-endian CPU: 4-7% faster there (docs/backends.md);
-#: where they take the certified float32 path, that stays faster. Only for parallel work (see _Walk). Set
+#: bfloat16 rows travel as uint32 words of two channels (see _words_rows) where 16-bit rows would take the
+#: float64 path with 512-bit vectors (see _is_narrow) on a little-endian CPU (figures in docs/backends.md);
+#: where 16-bit rows take the certified float32 path, that stays. Only for parallel work (see _Walk). Set
 #: ROPEFLOW_NUMBA_BF16_WORDS=0 to keep them 16-bit (read at import).
 BF16_WORDS = PREFER_512_BIT and not FORCE_CERTIFIED_HALF and sys.byteorder == "little" \
     and os.environ.get("ROPEFLOW_NUMBA_BF16_WORDS") != "0"
