@@ -1406,6 +1406,19 @@ def _copy_to_scratch(x, scratch, b, s0, n_pos, rotary_units, token_major):
                 _copy_channels(x[b, h, s0 + t], scratch[0, h, t], 0, rotary_units)
 
 
+@intrinsic
+def _take_next(typingctx, taken):
+    """``taken[0] += 1`` as one atomic operation, returning the value before (``taken``: an int64 array of one
+    element shared by the threads of a launch): the number of the next chunk of work, each given out once."""
+    sig = types.int64(taken)
+
+    def codegen(context, builder, signature, args):
+        counter = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", counter.data, llvm_ir.Constant(llvm_ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
+
+
 # Bits of the ``flags`` argument of :func:`_apply_tiles` (one integer instead of nine arguments: Numba's
 # dispatcher types every argument on every call, about 0.1 us each). Bits 0-1 hold the layout code.
 _INVERSE, _COPY_Q, _COPY_K, _TOKEN_MAJOR, _WITH_K, _SEQ_INNER, _SAME_Q, _SAME_K = 4, 8, 16, 32, 64, 128, 256, 512
@@ -1419,7 +1432,8 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     cos/sin rows once (sign applied; to float64, or float32 for the certified path, see :func:`_is_narrow` and
     :func:`_rotate_narrow`) and rotates every head of q and of k there (head counts and
     head dims may differ between q and k; their batch and seq are equal). Tiles are split into contiguous
-    chunks, one parallel iteration each (at most ``max_chunks``).
+    chunks (at most ``max_chunks``), which each thread takes one after the other from a shared atomic counter
+    until none is left.
 
     positions: 1-D int64. With the ``_STARTS`` flag, ``(B,)`` or ``(1,)`` first positions (sequence index s
     reads row ``positions[b] + s``); else ids, ``(B * S,)`` (row-major (B, S)) or ``(S,)`` shared by every
@@ -1457,7 +1471,11 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     tiles_per_row = (n_seq + tile - 1) // tile
     n_tiles = n_batch * tiles_per_row
     n_chunks = max(1, min(n_tiles, max_chunks))
-    for chunk in prange(n_chunks):
+    # one parallel iteration per thread, each taking the next chunk until none is left: a thread slowed down
+    # (its core shared with another process) then does fewer chunks instead of holding up the launch
+    n_workers = min(n_chunks, numba.get_num_threads())
+    taken = np.zeros(1, dtype=np.int64)
+    for _worker in prange(n_workers):
         # constants, set inside the parallel loop: set outside, they would reach its body as arguments
         table_kind = _table_kind(cos, sin)  # what the tables hold, for the compiled tile function
         c_tile = _table_tile(x, table_kind, tile, half)
@@ -1465,49 +1483,52 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
         doubt = np.empty(half, dtype=np.uint16)
         x_scratch = _scratch(x, tile, token_major, same_q)
         k_scratch = _scratch(k, tile, token_major, same_k and with_k)
-        for g in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
-            b = g // tiles_per_row
-            s0 = (g - b * tiles_per_row) * tile
-            n_pos = min(tile, n_seq - s0)
-            exact_only = False  # see _exact_table_value
-            row = 0 if shared_positions else b
-            first = positions[row] + s0 if starts else row * n_seq + s0  # a position, or an index into ids
-            for t in range(n_pos):
-                p = first + t if starts else positions[first + t]
-                if paired_angles:  # even pairs' angles first, then the odd pairs'
-                    for j in range(quarter):
-                        c_tile[t, j], c_tile[t, quarter + j] = cos[p, 2 * j], cos[p, 2 * j + 1]
-                        s_tile[t, j], s_tile[t, quarter + j] = sign * sin[p, 2 * j], sign * sin[p, 2 * j + 1]
-                        # one test of the four (a sum that overflows sends the tile to the exact rounding too)
-                        exact_only |= _exact_table_value(x, c_tile, c_tile[t, j] + c_tile[t, quarter + j]
-                                                         + s_tile[t, j] + s_tile[t, quarter + j])
-                    continue
-                for j in range(half):
-                    cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
-                    c_tile[t, j] = cv
-                    s_tile[t, j] = sign * sv
-                    exact_only |= _exact_table_value(x, c_tile, cv) | _exact_table_value(x, c_tile, sv)
-            # _rotate_tile is called from here, not from an inlined helper: there, Numba would wrap each call in
-            # atomic reference-count increments and decrements of the arrays passed (50-100 ns a call).
-            # In place (out is x), the tile is rotated from a scratch copy into out (x typed as writable);
-            # zero and keep_rest are variables, not literals, which would compile _rotate_tile again
-            zero = b - b
-            keep_rest = zero != zero  # in place, the channels past rotary_dim are already there
-            if same_q:
-                _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_units, token_major)
-                _rotate_tile(x_scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
-                             keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
-            else:
-                _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
-                             token_major, seq_inner, doubt, exact_only, table_kind)
-            if with_k:
-                if same_k:
-                    _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_units, token_major)
-                    _rotate_tile(k_scratch, zero, zero, k_out, b, s0, n_pos, c_tile, s_tile, layout, half,
-                                 rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
+        chunk = _take_next(taken)
+        while chunk < n_chunks:
+            for g in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
+                b = g // tiles_per_row
+                s0 = (g - b * tiles_per_row) * tile
+                n_pos = min(tile, n_seq - s0)
+                exact_only = False  # see _exact_table_value
+                row = 0 if shared_positions else b
+                first = positions[row] + s0 if starts else row * n_seq + s0  # a position, or an index into ids
+                for t in range(n_pos):
+                    p = first + t if starts else positions[first + t]
+                    if paired_angles:  # even pairs' angles first, then the odd pairs'
+                        for j in range(quarter):
+                            c_tile[t, j], c_tile[t, quarter + j] = cos[p, 2 * j], cos[p, 2 * j + 1]
+                            s_tile[t, j], s_tile[t, quarter + j] = sign * sin[p, 2 * j], sign * sin[p, 2 * j + 1]
+                            # one test of the four (a sum that overflows sends the tile to the exact rounding too)
+                            exact_only |= _exact_table_value(x, c_tile, c_tile[t, j] + c_tile[t, quarter + j]
+                                                             + s_tile[t, j] + s_tile[t, quarter + j])
+                        continue
+                    for j in range(half):
+                        cv, sv = np.float64(cos[p, j]), np.float64(sin[p, j])
+                        c_tile[t, j] = cv
+                        s_tile[t, j] = sign * sv
+                        exact_only |= _exact_table_value(x, c_tile, cv) | _exact_table_value(x, c_tile, sv)
+                # _rotate_tile is called from here, not from an inlined helper: there, Numba would wrap each call in
+                # atomic reference-count increments and decrements of the arrays passed (50-100 ns a call).
+                # In place (out is x), the tile is rotated from a scratch copy into out (x typed as writable);
+                # zero and keep_rest are variables, not literals, which would compile _rotate_tile again
+                zero = b - b
+                keep_rest = zero != zero  # in place, the channels past rotary_dim are already there
+                if same_q:
+                    _copy_to_scratch(x, x_scratch, b, s0, n_pos, rotary_units, token_major)
+                    _rotate_tile(x_scratch, zero, zero, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim,
+                                 keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
                 else:
-                    _rotate_tile(k, b, s0, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k,
+                    _rotate_tile(x, b, s0, out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_q,
                                  token_major, seq_inner, doubt, exact_only, table_kind)
+                if with_k:
+                    if same_k:
+                        _copy_to_scratch(k, k_scratch, b, s0, n_pos, rotary_units, token_major)
+                        _rotate_tile(k_scratch, zero, zero, k_out, b, s0, n_pos, c_tile, s_tile, layout, half,
+                                     rotary_dim, keep_rest, token_major, seq_inner, doubt, exact_only, table_kind)
+                    else:
+                        _rotate_tile(k, b, s0, k_out, b, s0, n_pos, c_tile, s_tile, layout, half, rotary_dim, copy_k,
+                                     token_major, seq_inner, doubt, exact_only, table_kind)
+            chunk = _take_next(taken)
     return 0
 
 
@@ -1528,7 +1549,8 @@ except ImportError:  # pragma: no cover - bfloat16 arrays cannot exist then
 #: ROPEFLOW_NUMBA_BF16_WORDS=0 to keep them 16-bit (read at import).
 BF16_WORDS = PREFER_512_BIT and not FORCE_CERTIFIED_HALF and sys.byteorder == "little" \
     and os.environ.get("ROPEFLOW_NUMBA_BF16_WORDS") != "0"
-#: Parallel rotations are cut into this many chunks of tiles (a few per thread, for balance).
+#: Parallel rotations are cut into this many chunks of tiles, taken by the threads as they come free (a few
+#: per thread: a thread slowed by another process on its core takes fewer).
 _CHUNKS = 4 * numba.config.NUMBA_NUM_THREADS
 #: Rotations of fewer elements (q and k together) than this run serially on the calling thread: a decode step
 #: of 8 sequences (40960 elements) computes in about 10 us, about what waking the pool costs.
