@@ -461,3 +461,16 @@ def test_products_are_fused_only_for_narrow_inputs_and_float32_tables():
         assert probe(row, table32, table64) is False
         assert probe(row, table64, table32) is False
     assert probe(np.zeros(1), table32, table32) is False
+
+
+def test_the_parallel_kernel_can_be_cached_on_disk():
+    """Numba refuses to cache a function that uses dynamic globals (ctypes pointers: ``numba.get_num_threads()``
+    inside the kernel is one), silently but for a warning, and every process would compile the kernel again (a
+    minute each). A parallel rotation's compiled kernels have none."""
+    import ropeflow
+
+    rope = ropeflow.RotaryEmbedding(64, 512)
+    q = np.ones((1, 8, 512, 64), np.float32)
+    rope.apply(q, q.copy())  # parallel work: above SERIAL_ELEMENTS
+    compiled = list(_numba._apply_tiles.parallel.overloads.values())
+    assert compiled and not any(overload.library.has_dynamic_globals for overload in compiled)

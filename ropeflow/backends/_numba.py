@@ -1471,11 +1471,14 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
     tiles_per_row = (n_seq + tile - 1) // tile
     n_tiles = n_batch * tiles_per_row
     n_chunks = max(1, min(n_tiles, max_chunks))
-    # one parallel iteration per thread, each taking the next chunk until none is left: a thread slowed down
-    # (its core shared with another process) then does fewer chunks instead of holding up the launch
-    n_workers = min(n_chunks, numba.get_num_threads())
+    # each parallel iteration takes the next chunk until none is left: the first iteration of each thread
+    # does the work, and a thread slowed down (its core shared with another process) does fewer chunks instead
+    # of holding up the launch (the rest find none). Not numba.get_num_threads(): it would stop the caching
     taken = np.zeros(1, dtype=np.int64)
-    for _worker in prange(n_workers):
+    for _ in prange(n_chunks):
+        chunk = _take_next(taken)
+        if chunk >= n_chunks:
+            continue
         # constants, set inside the parallel loop: set outside, they would reach its body as arguments
         table_kind = _table_kind(cos, sin)  # what the tables hold, for the compiled tile function
         c_tile = _table_tile(x, table_kind, tile, half)
@@ -1483,7 +1486,6 @@ def _apply_tiles(x, out, k, k_out, cos, sin, positions, flags, rotary_dim, tile,
         doubt = np.empty(half, dtype=np.uint16)
         x_scratch = _scratch(x, tile, token_major, same_q)
         k_scratch = _scratch(k, tile, token_major, same_k and with_k)
-        chunk = _take_next(taken)
         while chunk < n_chunks:
             for g in range(chunk * n_tiles // n_chunks, (chunk + 1) * n_tiles // n_chunks):
                 b = g // tiles_per_row
