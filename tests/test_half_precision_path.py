@@ -486,8 +486,9 @@ def test_the_certified_path_end_to_end_where_the_cpu_skips_it(tmp_path):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_bfloat16_word_rows_are_rounded_once_at_ties_specials_and_subnormals(layout, monkeypatch):
-    """bfloat16 word rows (parallel work) are rounded through float32 with ties away from zero, and a row
-    holding a bfloat16 midpoint there is rounded again, exactly (``_bf16_word_checked``): the near-tie,
+    """bfloat16 word rows (parallel work) are computed in float32 and certified (``_words_certified``), a row
+    with a doubt again in float64 and rounded through float32 with ties away from zero
+    (``_bf16_word_checked``), and a row holding a bfloat16 midpoint there once more, exactly: the near-tie,
     special and tiny cases above give the formula's bits there too, and so do tables holding inf and NaNs
     of any payload (their tiles take the exact rounding: a payload's lower half would carry into the sign)."""
     monkeypatch.setattr(_numba, "BF16_WORDS", True)
@@ -551,6 +552,8 @@ def _bfloat16_operands(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ..
     sub = grid[grid < 2.0**-120]  # bfloat16 subnormals and the smallest normals
     tiny_s = (rng.standard_normal(n) * 2.0 ** rng.integers(-149, -110, n)).astype(np.float32)
     specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, grid[-1], -grid[-1], grid[0], -grid[0]])
+    # the largest bfloat16 times 1 + 2**-8 (b = 0): finite in float32, above the last midpoint: decided as inf
+    overflow = (np.full(n, grid[-1]), np.full(n, 1 + 2.0**-8), np.zeros(n), rng.standard_normal(n))
     normal = rng.standard_normal((4, n))
     angles = rng.uniform(0, 8192, n) * 10.0 ** -rng.uniform(0, 4, n)
     cases = [
@@ -560,6 +563,7 @@ def _bfloat16_operands(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ..
         (rng.choice(grid, n) * 2.0**-60, rng.standard_normal(n), rng.choice(grid, n) * 2.0**-60, tiny_s),
         (rng.choice(specials, n), np.cos(angles) * 1.7, rng.choice(specials, n), np.sin(angles) * 1.7),
         (normal[0], np.cos(angles), normal[1], np.sin(angles)),
+        overflow,
     ]
     signs = [rng.choice([-1.0, 1.0], (2, n)) for _ in cases]
     a, c, b, s = (np.concatenate(parts) for parts in zip(*cases, strict=True))
@@ -580,7 +584,7 @@ def test_certified_bfloat16_words_are_the_reference_unless_in_doubt():
     rng = np.random.default_rng(31)
     n = 4000
     a, c, b, s = _bfloat16_operands(rng, n)
-    order = (rng.permuted(np.arange(a.size).reshape(6, n), axis=1)).ravel()  # other operands, same case
+    order = (rng.permuted(np.arange(a.size).reshape(7, n), axis=1)).ravel()  # other operands, same case
     halves = (a, c, b, s), tuple(v[order] for v in (a, c, b, s))
     low, high, doubt = _certified_words(*halves[0], *halves[1])
     for got, (ha, hc, hb, hs) in zip((low, high), halves, strict=True):
@@ -591,7 +595,8 @@ def test_certified_bfloat16_words_are_the_reference_unless_in_doubt():
         assert (~np.isfinite(ha) | ~np.isfinite(hb) <= doubt).all()
         decided = ~doubt
         np.testing.assert_array_equal(got[decided], want[decided])
-    per_case = doubt.reshape(6, n)
+    per_case = doubt.reshape(7, n)
+    assert not per_case[6].any() and (low[6 * n:] & 0x7FFF == 0x7F80).all()  # decided overflow: +-inf
     assert per_case[0].mean() > 0.05  # the near-tie case does reach the doubtful results
     assert (~per_case[[0, 1, 3, 5]]).sum(axis=1).min() > n // 10  # and these cases have decided words
     # model-like data (dim-128 angles at positions below 8192): about 1 word in 1750 in doubt

@@ -996,7 +996,9 @@ _WORD_ERROR_FLOOR = 2.0**-126
 
 def _certified_words_intrinsic(word: bool, doc: str) -> Any:
     """A Numba intrinsic for :func:`_words_certified`, in 32-bit lanes (Numba would widen its integer
-    arithmetic to 64 bits): the word (``word``) or the doubt."""
+    arithmetic to 64 bits): the word (``word``) or the doubt. The proof needs the fused roundings, so this
+    emits ``llvm.fma`` whatever the CPU: one instruction where word rows are used (:data:`BF16_WORDS` needs
+    AVX-512, which has FMA), a correct but slow ``fmaf`` call where a test forces word rows elsewhere."""
 
     def typer(typingctx, a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi):
         def codegen(context, builder, signature, args):
