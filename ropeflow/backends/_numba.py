@@ -961,31 +961,30 @@ def _bf16_word_checked(low, high, table_kind):
     return _bf16_pair_word(lo, hi), _bf16_pair_tie(lo, hi)
 
 
-@_jit(inline="always")
-def _bf16_word_exact(low, high, table_kind):
-    """:func:`_bf16_word` with :func:`_bf16_word_checked`'s signature (``tie`` always False)."""
-    return _bf16_word(low, high, table_kind), False
-
-
 # The word functions of the passes over a word row (see _words_rows). Each rotates two pairs given as float32
 # values (the bfloat16 inputs ``a`` and ``b``, exact; the caller negates ``b`` where the formula subtracts):
 # ``a_lo * c_lo + b_lo * s_lo`` for the word's lower half, ``a_hi * c_hi + b_hi * s_hi`` for its upper half.
 # It returns ``(word, doubt)``: the uint32 word of the two results rounded to bfloat16, which is the
 # once-rounded float64 result's unless ``doubt``.
+@_jit(inline="always")
+def _word_results(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused):
+    """The word's two results in float64 (:func:`_pair_dot`), before any rounding to bfloat16."""
+    return (_pair_dot(np.float64(a_lo), np.float64(c_lo), np.float64(b_lo), np.float64(s_lo), fused),
+            _pair_dot(np.float64(a_hi), np.float64(c_hi), np.float64(b_hi), np.float64(s_hi), fused))
+
+
 @_jit()
 def _words_exact(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused, table_kind):
     """In float64, rounded by the float64 encoder (:func:`_bf16_word`): never in doubt."""
-    return _bf16_word_exact(_pair_dot(np.float64(a_lo), np.float64(c_lo), np.float64(b_lo), np.float64(s_lo), fused),
-                            _pair_dot(np.float64(a_hi), np.float64(c_hi), np.float64(b_hi), np.float64(s_hi), fused),
-                            table_kind)
+    low, high = _word_results(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused)
+    return _bf16_word(low, high, table_kind), False
 
 
 @_jit()
 def _words_checked(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused, table_kind):
     """In float64, rounded through float32 (:func:`_bf16_word_checked`): in doubt at a bfloat16 midpoint."""
-    return _bf16_word_checked(
-        _pair_dot(np.float64(a_lo), np.float64(c_lo), np.float64(b_lo), np.float64(s_lo), fused),
-        _pair_dot(np.float64(a_hi), np.float64(c_hi), np.float64(b_hi), np.float64(s_hi), fused), table_kind)
+    low, high = _word_results(a_lo, c_lo, b_lo, s_lo, a_hi, c_hi, b_hi, s_hi, fused)
+    return _bf16_word_checked(low, high, table_kind)
 
 
 #: :func:`_words_certified`'s interval grows by this floor (float32's smallest normal) besides ``3 * 2**-24``
